@@ -1,0 +1,1 @@
+"""Running and operating Tapstream: the local stack, topics, migrations, tooling."""

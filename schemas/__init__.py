@@ -1,0 +1,1 @@
+"""Versioned event contracts shared by producers, streams and sinks (see README.md here)."""

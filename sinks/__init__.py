@@ -1,0 +1,1 @@
+"""Destinations: one module per store behind the contract in sinks/base.py."""

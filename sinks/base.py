@@ -1,0 +1,42 @@
+"""The one sink contract: ``write_batch(rows)`` and ``close()``.
+
+A sink is given a ready client (so a unit test can hand it a fake), writes a batch of
+enriched punches idempotently on ``event_id`` (writing the same rows again changes nothing),
+and either lands the batch whole or raises:
+
+* ``TransientSinkError`` — unreachable, timeout, server busy: the caller retries the same batch
+  with backoff and does not move past it;
+* ``PermanentSinkError`` — the rows themselves are rejected: the caller dead-letters them.
+
+Driver exceptions never leave a sink untranslated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from schemas.punch import EnrichedPunch
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a batch write did: rows offered, rows new to the sink (the rest already there)."""
+
+    offered: int
+    inserted: int
+
+
+class Sink(Protocol):
+    """A destination for enriched punches."""
+
+    name: str
+
+    def write_batch(self, rows: Sequence[EnrichedPunch]) -> WriteResult:
+        """Write all rows idempotently, or raise TransientSinkError / PermanentSinkError."""
+        ...
+
+    def close(self) -> None:
+        """Release the client; safe to call twice."""
+        ...

@@ -1,0 +1,1 @@
+"""The Faust stream worker: topics, tables and agents wiring plain functions together."""

@@ -1,0 +1,1 @@
+"""Tapstream: the CLI, the settings tree and the error tree."""

@@ -1,0 +1,7 @@
+"""`tapstream employees ...` (to be filled in)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="employees", no_args_is_help=True)

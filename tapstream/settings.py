@@ -1,0 +1,154 @@
+"""The one settings tree: every knob Tapstream has, read once at the entry point.
+
+Environment variables use the prefix ``TAPSTREAM_`` and ``__`` between levels, e.g.
+``TAPSTREAM_KAFKA__VERSION=3.9.2`` or ``TAPSTREAM_POSTGRES__DSN=postgresql://...``.
+Nothing else in the code base reads ``os.environ``: build ``Settings()`` in the CLI and pass
+it (or the section a component needs) down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TAPSTREAM_"
+
+# Kafka lines the project runs and tests. The first is the default; see README "Kafka versions".
+SUPPORTED_KAFKA_VERSIONS = ("4.1.2", "3.9.2")
+
+
+class KafkaSettings(BaseModel):
+    """The broker: a local KRaft node started by `tapstream stack up`, or an existing cluster."""
+
+    version: str = Field(SUPPORTED_KAFKA_VERSIONS[0], description="Kafka release run by `stack up`")
+    bootstrap_servers: str | None = Field(
+        None, description="existing cluster; when unset, the local broker on 127.0.0.1:port"
+    )
+    port: int = Field(9092, description="client port of the local broker")
+    controller_port: int = Field(9093, description="KRaft controller port of the local broker")
+    heap_mb: int = Field(512, description="JVM heap of the local broker, MiB")
+    maven_repo: Path | None = Field(
+        None, description="Maven local repository for broker jars (default: Maven's ~/.m2)"
+    )
+
+    @property
+    def managed(self) -> bool:
+        """True when Tapstream starts and stops the broker itself."""
+        return self.bootstrap_servers is None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"127.0.0.1:{self.port}"
+
+
+class TopicSettings(BaseModel):
+    """Topic names, partition counts and retention (created by `stack up`)."""
+
+    raw: str = "attendance.raw"
+    unmatched: str = "attendance.unmatched"
+    dlq: str = "attendance.dlq"
+    employees: str = "employees"
+    # Fixed for the life of a deployment: stream tables are partitioned like the raw topic.
+    raw_partitions: int = 6
+    # The raw topic is the replay log: its retention is the replay horizon.
+    raw_retention_days: int = 90
+    dlq_retention_days: int = 365
+
+
+class PostgresSettings(BaseModel):
+    """The HR database: a given server (dsn), or a local one started by `stack up`."""
+
+    dsn: SecretStr | None = Field(None, description="libpq DSN; unset = the local managed server")
+    port: int = Field(55432, description="port of the local managed server")
+    database: str = "tapstream"
+    user: str = "tapstream"
+    pool_max: int = 4
+
+    @property
+    def managed(self) -> bool:
+        return self.dsn is None
+
+    def effective_dsn(self) -> str:
+        """The DSN clients connect with (the managed server trusts local connections)."""
+        if self.dsn is not None:
+            return self.dsn.get_secret_value()
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+
+class ClickHouseSettings(BaseModel):
+    """Analytics store: embedded engine (chdb://) by default, or a server (http(s)://)."""
+
+    dsn: SecretStr | None = Field(None, description="chdb:///path or http(s)://user:pw@host:8123")
+    database: str = "tapstream"
+
+
+class PushSettings(BaseModel):
+    """The ADMS/iclock endpoint that push devices POST to."""
+
+    host: str = Field("0.0.0.0", description="listen address (devices reach it over the LAN)")
+    port: int = Field(8081, description="listen port configured on the devices")
+    max_body_bytes: int = Field(16 * 1024 * 1024, description="larger request bodies get 413")
+    delay_s: int = Field(10, description="`Delay` told to devices: seconds between polls")
+    error_delay_s: int = Field(30, description="`ErrorDelay` told to devices after a failure")
+    trans_interval_min: int = Field(1, description="`TransInterval` told to devices, minutes")
+    publish_batch: int = Field(5000, description="spool rows handed to the producer per round")
+
+
+class DeviceSettings(BaseModel):
+    """What is assumed about devices the registry does not describe."""
+
+    default_timezone: str = Field("UTC", description="IANA zone for devices without one")
+    registry_refresh_s: float = Field(60.0, description="how often producers re-read the registry")
+
+
+class WorkerSettings(BaseModel):
+    """The Faust stream worker."""
+
+    app_id: str = Field("tapstream-worker", description="Faust app id = Kafka consumer group")
+    batch_max: int = Field(5000, description="events per sink batch at most")
+    batch_within_s: float = Field(1.0, description="longest wait to fill a batch, seconds")
+    dedup_window_s: int = Field(6 * 3600, description="stream-side dedup memory, seconds")
+    store: str = Field("rocksdb://", description="Faust table store (memory:// or rocksdb://)")
+    web_port: int = Field(6066, description="Faust's web port (health, tables)")
+    sinks: list[Literal["postgres", "clickhouse"]] = ["postgres", "clickhouse"]
+    retry_initial_s: float = Field(0.5, description="first sink retry backoff, seconds")
+    retry_max_s: float = Field(30.0, description="longest sink retry backoff, seconds")
+
+
+class Settings(BaseSettings):
+    """Root of the tree. `Settings()` reads TAPSTREAM_* variables and a `.env` file if present."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    state_dir: Path = Field(
+        Path(".tapstream"), description="broker data, managed Postgres, embedded ClickHouse, spools, logs"
+    )
+    log_level: str = "INFO"
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    push: PushSettings = PushSettings()
+    devices: DeviceSettings = DeviceSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @model_validator(mode="after")
+    def _absolute_state_dir(self) -> Settings:
+        # Relative paths would silently change meaning with the working directory.
+        self.state_dir = self.state_dir.expanduser().resolve()
+        return self
+
+    def clickhouse_dsn(self) -> str:
+        """The ClickHouse DSN in force: the given one, or the embedded store in state_dir."""
+        if self.clickhouse.dsn is not None:
+            return self.clickhouse.dsn.get_secret_value()
+        return f"chdb://{self.state_dir / 'clickhouse'}"
+
+    def path(self, *parts: str) -> Path:
+        """A path under the state folder."""
+        return self.state_dir.joinpath(*parts)
