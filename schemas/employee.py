@@ -6,11 +6,11 @@ JSON; a null value (tombstone) removes the mapping.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EMPLOYEE_VERSION = 1
+EMPLOYEE_VERSION: Final = 1
 
 
 class EmployeeRecord(BaseModel):

@@ -15,12 +15,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-RAW_PUNCH_VERSION = 1
+RAW_PUNCH_VERSION: Final = 1
 
 # Fixed forever: changing it changes every event id and breaks idempotency across versions.
 EVENT_ID_NAMESPACE = uuid.UUID("6f1d7c2e-3b4a-5e8f-9a10-7c2b4d6e8f01")

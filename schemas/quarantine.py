@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-QUARANTINE_VERSION = 1
+QUARANTINE_VERSION: Final = 1
 
 
 class Reason(StrEnum):

@@ -33,6 +33,10 @@ class KafkaSettings(BaseModel):
     maven_repo: Path | None = Field(
         None, description="Maven local repository for broker jars (default: Maven's ~/.m2)"
     )
+    dist_dir: Path = Field(
+        default=Path("~/.cache/tapstream/kafka"),
+        description="broker classpaths, one folder per version (resolved once, shared by state dirs)",
+    )
 
     @property
     def managed(self) -> bool:
@@ -53,6 +57,8 @@ class TopicSettings(BaseModel):
     employees: str = "employees"
     # Fixed for the life of a deployment: stream tables are partitioned like the raw topic.
     raw_partitions: int = 6
+    # The employee map is small; one partition keeps its changelog and feed trivially aligned.
+    employees_partitions: int = 1
     # The raw topic is the replay log: its retention is the replay horizon.
     raw_retention_days: int = 90
     dlq_retention_days: int = 365

@@ -18,7 +18,7 @@ def settings_of(ctx: typer.Context) -> Settings:
     return obj
 
 
-def fail(error: TapstreamError | str, code: int = 1) -> typer.Exit:
+def fail(error: Exception | str, code: int = 1) -> typer.Exit:
     """Print a clear one-line error to stderr and return the Exit to raise."""
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)

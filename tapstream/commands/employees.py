@@ -1,7 +1,36 @@
-"""`tapstream employees ...` (to be filled in)."""
+"""`tapstream employees ...`: the HR employee list (attendance code -> employee)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import psycopg
 import typer
 
-app = typer.Typer(help="employees", no_args_is_help=True)
+from infra.employees import import_employees
+from tapstream.commands.common import emit_json, fail, settings_of
+from tapstream.errors import TapstreamError
+
+app = typer.Typer(help="Employees: attendance code -> employee id, name, department.", no_args_is_help=True)
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV: attendance_code,employee_id[,name,department,active]"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Load a CSV into Postgres `employees` and the compacted `employees` topic."""
+    settings = settings_of(ctx)
+    try:
+        result = import_employees(
+            file, dsn=settings.postgres.effective_dsn(), bootstrap=settings.kafka.bootstrap,
+            topic=settings.topics.employees,
+        )
+    except (TapstreamError, psycopg.Error) as exc:
+        raise fail(exc) from exc
+    if json_out:
+        emit_json(result.__dict__)
+    else:
+        typer.echo(f"{result.rows} employees imported: {result.postgres_changed} changed in Postgres, "
+                   f"{result.published} published to {settings.topics.employees}")

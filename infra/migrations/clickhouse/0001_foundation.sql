@@ -11,14 +11,14 @@ CREATE TABLE IF NOT EXISTS {database}.attendance_events
     device_serial    LowCardinality(String),
     user_code        String,
     employee_id      String,
-    device_time      DateTime('UTC'),              -- device wall clock as read (not UTC!)
+    device_time      DateTime64(0, 'UTC'),         -- device wall clock as read (not UTC!)
     device_tz        LowCardinality(String),
-    punch_time       DateTime('UTC'),
+    punch_time       DateTime64(0, 'UTC'),         -- 1900..2299: bad device clocks still fit
     punch_state      UInt8,
     verify_mode      UInt16,
     work_code        String,
     source           LowCardinality(String),
-    received_at      DateTime64(3, 'UTC'),
+    received_at      DateTime64(6, 'UTC'),
     source_partition Int32,
     source_offset    Int64,
     ingested_at      DateTime64(3, 'UTC') DEFAULT now64(3)

@@ -1,0 +1,96 @@
+"""Run the stream worker: open the sinks (migrating their schemas), build the Faust app, run it.
+
+The worker owns the embedded ClickHouse store while it runs (one chDB engine per process);
+others read its progress from ``<state>/worker/stats.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import faust
+from faust.worker import Worker
+
+from infra.migrate import migrate_clickhouse, migrate_postgres
+from sinks.clickhouse import ClickHouseSink, open_client
+from sinks.postgres import PostgresSink, open_pool
+from streams.app import build_app
+from streams.delivery import Backoff, SinkRunner
+from streams.stats import WorkerStats
+from tapstream.errors import TransientSinkError
+from tapstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def stats_path(settings: Settings) -> Any:
+    return settings.path("worker", "stats.json")
+
+
+def open_sinks(settings: Settings, stats: WorkerStats) -> list[SinkRunner]:
+    """Open every configured sink, waiting (with backoff) for sinks that are down at start."""
+    backoff = Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s)
+    runners = []
+    for name in settings.worker.sinks:
+        sink = _until_open(name, lambda n=name: _open_sink(n, settings), backoff)
+        runners.append(SinkRunner(sink, backoff, stats.note_retry))
+    return runners
+
+
+def _open_sink(name: str, settings: Settings) -> PostgresSink | ClickHouseSink:
+    if name == "postgres":
+        pool = open_pool(settings.postgres.effective_dsn(), settings.postgres.pool_max)
+        with pool.connection() as conn:
+            applied = migrate_postgres(conn)
+        logger.info("postgres sink ready (migrations applied: %s)", applied or "none new")
+        return PostgresSink(pool)
+    database = settings.clickhouse.database
+    client = open_client(settings.clickhouse_dsn(), database)
+    applied = migrate_clickhouse(client, database)
+    logger.info("clickhouse sink ready (migrations applied: %s)", applied or "none new")
+    return ClickHouseSink(client, database)
+
+
+def _until_open(name: str, open_fn: Any, backoff: Backoff) -> Any:
+    delay = backoff.initial_s
+    while True:
+        try:
+            return open_fn()
+        except TransientSinkError as exc:
+            logger.warning("%s sink unavailable at start, retrying in %.1fs: %s", name, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, backoff.max_s)
+
+
+def _exit_when_idle(app: faust.App, stats: WorkerStats, idle_s: float) -> None:
+    """Stop the worker once it has processed something and then seen nothing for idle_s."""
+
+    @app.timer(interval=min(1.0, idle_s / 2))  # type: ignore[untyped-decorator]  # faust's timer is untyped
+    async def idle_check() -> None:
+        last, flushed = stats.last_event_at, stats.last_flush_at
+        if last is None or flushed is None or flushed < last:
+            return  # nothing processed yet, or a batch still in flight
+        if time.time() - last >= idle_s:
+            logger.info("idle for %.0fs after %d events: stopping", idle_s, stats.consumed)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or until idle, if exit_when_idle_s is given)."""
+    stats = WorkerStats(path=stats_path(settings))
+    stats.save()
+    runners = open_sinks(settings, stats)
+    app = build_app(settings, runners, stats)
+    if exit_when_idle_s is not None:
+        _exit_when_idle(app, stats, exit_when_idle_s)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        for runner in runners:
+            runner.close()
+        stats.save()

@@ -1,0 +1,154 @@
+"""The PostgreSQL sink: enriched punches into ``attendance_records`` for HR, idempotent on event_id.
+
+A batch is COPYed (binary) into a temporary staging table and moved with
+``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING``, all in one transaction: about twice
+as fast as a multi-row INSERT and, unlike a plain COPY, safe to repeat (stack-notes §3). Binary
+COPY measured 1.3x (new rows) to 1.9x (all duplicates) faster than text COPY. Table names are
+unqualified so the connection's search_path picks the schema (tests use one per test).
+
+Driver errors are translated here (see ``translate``): connection, resource and concurrency
+failures are transient; rows the server or the driver refuses as data are permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from schemas.punch import EnrichedPunch
+from sinks.base import WriteResult
+from sinks.rows import POSTGRES_COLUMNS, postgres_row
+from tapstream.errors import PermanentSinkError, SinkError, TransientSinkError
+
+logger = logging.getLogger(__name__)
+
+TABLE = "attendance_records"
+STAGE = "attendance_stage"
+
+# SQLSTATE classes that mean "these rows are wrong". Anything else is about the server, the
+# network or the schema, and retrying the same rows later can succeed: that includes class 42
+# (undefined table or column, permission denied), since dead-lettering good rows because a
+# migration is pending would be worse than waiting for it.
+PERMANENT_CLASSES = {"22": "data_exception", "23": "constraint_violation"}
+
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, POSTGRES_COLUMNS))
+# CREATE ... AS ... WITH NO DATA copies the column types but no constraints or defaults, so the
+# stage holds exactly the COPYed columns and the target fills ingested_at itself.
+_CREATE_STAGE = sql.SQL(
+    "CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"
+).format(stage=sql.Identifier(STAGE), cols=_COLUMNS, table=sql.Identifier(TABLE))
+# Reading the stage's column types lets binary COPY follow the migration instead of a second,
+# hand-kept type list.
+_STAGE_TYPES = sql.SQL("SELECT {cols} FROM {stage} LIMIT 0").format(cols=_COLUMNS, stage=sql.Identifier(STAGE))
+_COPY = sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)").format(
+    stage=sql.Identifier(STAGE), cols=_COLUMNS
+)
+_MOVE = sql.SQL(
+    "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT (event_id) DO NOTHING"
+).format(table=sql.Identifier(TABLE), cols=_COLUMNS, stage=sql.Identifier(STAGE))
+
+
+class ConnectionSource(Protocol):
+    """What the sink needs from a pool: a connection lent for the length of a ``with`` block."""
+
+    def connection(self, timeout: float | None = None) -> AbstractContextManager[psycopg.Connection[Any]]:
+        ...
+
+    def close(self, timeout: float = 5.0) -> None:
+        ...
+
+
+def open_pool(dsn: str, max_size: int, *, connect_timeout_s: int = 5, acquire_timeout_s: float = 10.0) -> ConnectionPool:
+    """Open a connection pool and wait for its first connection; raise TransientSinkError if none.
+
+    connect_timeout_s bounds one connection attempt (libpq rounds values below 2 up to 2);
+    acquire_timeout_s bounds how long a write waits for a connection before failing transient.
+    Every connection is checked before it is lent, so one killed by a server restart is
+    replaced instead of failing the next batch.
+    """
+    pool: ConnectionPool = ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        timeout=acquire_timeout_s,
+        check=ConnectionPool.check_connection,
+        kwargs={"connect_timeout": connect_timeout_s},
+        name="tapstream-postgres",
+    )
+    try:
+        # The pool retries a refused connection with backoff: allow about two attempts.
+        pool.open(wait=True, timeout=max(connect_timeout_s, 1) * 2)
+    except psycopg.Error as exc:
+        pool.close()
+        raise TransientSinkError(f"postgres unreachable: {exc}") from exc
+    return pool
+
+
+class PostgresSink:
+    """Writes batches to attendance_records through a ready pool, which it closes on close()."""
+
+    name = "postgres"
+
+    def __init__(self, pool: ConnectionSource) -> None:
+        self._pool = pool
+
+    def write_batch(self, rows: Sequence[EnrichedPunch]) -> WriteResult:
+        """Write all rows in one transaction; rows already present (same event_id) are skipped."""
+        if not rows:
+            return WriteResult(0, 0)
+        started = time.perf_counter()
+        try:
+            inserted = self._copy_and_move(rows)
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            raise translate(exc) from exc
+        logger.info(
+            "postgres: wrote batch rows=%d new=%d ms=%.1f",
+            len(rows), inserted, (time.perf_counter() - started) * 1000,
+        )
+        return WriteResult(offered=len(rows), inserted=inserted)
+
+    def _copy_and_move(self, rows: Sequence[EnrichedPunch]) -> int:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(_CREATE_STAGE)
+            cur.execute(_STAGE_TYPES)
+            type_oids = [column.type_code for column in cur.description or ()]
+            with cur.copy(_COPY) as copy:
+                copy.set_types(type_oids)
+                for row in rows:
+                    copy.write_row(postgres_row(row))
+            cur.execute(_MOVE)
+            return cur.rowcount
+
+    def close(self) -> None:
+        """Close the pool and its connections; safe to call twice."""
+        self._pool.close()
+
+
+def translate(exc: BaseException) -> SinkError:
+    """Map a driver exception to TransientSinkError or PermanentSinkError."""
+    if isinstance(exc, UnicodeEncodeError):
+        # A lone surrogate (say from a mangled device string) can never be sent as UTF-8.
+        return PermanentSinkError("unencodable_text", f"postgres: {exc}")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate is not None:
+        reason = PERMANENT_CLASSES.get(sqlstate[:2])
+        if reason is not None:
+            return PermanentSinkError(reason, f"postgres {sqlstate}: {_first_line(exc)}")
+        return TransientSinkError(f"postgres {sqlstate}: {_first_line(exc)}")
+    if isinstance(exc, psycopg.DataError):
+        # Raised by the driver itself before the server sees the row, e.g. a NUL byte in text.
+        return PermanentSinkError("data_exception", f"postgres: {_first_line(exc)}")
+    return TransientSinkError(f"postgres unavailable: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,102 @@
+"""The Faust app: topics, tables and the one agent. Logic lives in streams.logic / delivery.
+
+Wiring, and why it is this way (see shared/reference/stack-notes.md §2):
+
+* one agent on ``attendance.raw`` with concurrency 1 (concurrency > 1 can commit past an
+  in-flight event), iterating a ``noack()`` stream: events are buffered by ``Batcher`` and
+  acked only after every sink holds the batch, so a crash, a stop or a sink outage never
+  commits an offset whose punch is not stored;
+* ``dedup``: a tumbling windowed table of recently seen event ids, relative to wall-clock
+  time, so memory stays bounded (old windows expire) — an optimisation only: the sinks are
+  idempotent and remain the authority;
+* ``employees``: a GlobalTable (every worker holds the whole map) fed by an agent on the
+  compacted ``employees`` topic; punches wait until that feed has caught up with the topic
+  as it stood at start (streams.catchup), so a fresh worker does not park known employees.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import faust
+
+from streams.batcher import Batcher
+from streams.catchup import CatchUp, start_positions
+from streams.employees import apply_employee_change
+from streams.delivery import SinkRunner
+from streams.stats import WorkerStats
+from tapstream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStats) -> faust.App:
+    """Create the Faust app for ``settings`` writing to ``sinks``; progress goes to ``stats``."""
+    worker = settings.worker
+    settings.path("worker").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        worker.app_id,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        store=worker.store,
+        datadir=str(settings.path("worker")),
+        topic_partitions=settings.topics.raw_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=worker.batch_max,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, worker.batch_max),
+        web_enabled=False,
+        table_cleanup_interval=min(60.0, worker.dedup_window_s / 4),
+        logging_config=None,
+    )
+    raw = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+    window = float(worker.dedup_window_s)
+    dedup = (
+        app.Table("dedup", default=int, partitions=settings.topics.raw_partitions)
+        .tumbling(timedelta(seconds=window), expires=timedelta(seconds=2 * window))
+        .relative_to_now()
+    )
+    # Not the employees topic itself as changelog: that hangs Faust 0.15's assignor. Values are
+    # validated EmployeeRecord dicts under Faust's default JSON codec, because changelog recovery
+    # decodes with that codec whatever schema the table is given.
+    employees = app.GlobalTable("employees", default=None, partitions=settings.topics.employees_partitions)
+    employees_topic = app.topic(
+        settings.topics.employees, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    employees_loaded = CatchUp(start_positions(settings.kafka.bootstrap, worker.app_id, settings.topics.employees))
+    topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
+              for name in (settings.topics.unmatched, settings.topics.dlq)}
+
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
+        return await topics[topic].send(key=key, value=value)
+
+    batcher = Batcher(
+        sinks=sinks, dedup=dedup, employees=employees, send=send,
+        unmatched_topic=settings.topics.unmatched, dlq_topic=settings.topics.dlq,
+        batch_max=worker.batch_max, batch_within_s=worker.batch_within_s,
+        dedup_window_s=window, stats=stats, ready=employees_loaded,
+    )
+
+    @app.agent(employees_topic, concurrency=1)
+    async def employee_feed(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            apply_employee_change(employees, event.key, event.value)
+            employees_loaded.consumed(event.message.partition, event.message.offset)
+
+    @app.agent(raw, concurrency=1)
+    async def punches(stream: Any) -> None:  # faust.Stream; StreamT's stub lacks noack()
+        manual = stream.noack()
+        batcher.bind(manual)
+        async for event in manual.events():
+            await batcher.add(event)
+
+    @app.timer(interval=worker.batch_within_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
+    async def flush_due() -> None:
+        await batcher.flush_if_due()
+
+    app.tapstream_batcher = batcher  # type: ignore[attr-defined]  # reached by tests and the runner
+    return app

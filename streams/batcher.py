@@ -1,0 +1,186 @@
+"""Buffer raw events, flush them as one batch, and ack them only once they are stored.
+
+A flush, in order: plan the batch (streams.logic), write the enriched punches to every sink
+concurrently (streams.delivery: retries until they land), send parked and quarantined records
+to their topics and wait for Kafka's confirmation, remember the event ids in the dedup table,
+then ack. Anything that stops a flush half-way (a crash, a stop during a sink outage) leaves
+the events unacked, so Kafka re-delivers them and the idempotent sinks absorb the repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from faust.streams import _current_event  # the context var Faust's tables read the event from
+
+from schemas.codec import encode
+from schemas.employee import EmployeeRecord
+from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
+from streams.catchup import CatchUp
+from streams.delivery import DeliveryOutcome, SinkRunner
+from streams.employees import employee_from_table
+from streams.logic import BatchPlan, Incoming, plan_batch
+from streams.stats import WorkerStats
+
+logger = logging.getLogger(__name__)
+
+# (topic, key, value) -> awaitable that resolves when Kafka has the record
+Send = Callable[[str, bytes | None, bytes], Any]
+
+
+class Batcher:
+    """Collects events from the agent; flushes on size (add) or age (flush_if_due)."""
+
+    def __init__(
+        self,
+        *,
+        sinks: Sequence[SinkRunner],
+        dedup: Any,
+        employees: Any,
+        send: Send,
+        unmatched_topic: str,
+        dlq_topic: str,
+        batch_max: int,
+        batch_within_s: float,
+        dedup_window_s: float,
+        stats: WorkerStats,
+        ready: CatchUp | None = None,
+    ) -> None:
+        self.sinks = list(sinks)
+        self.dedup = dedup
+        self.employees = employees
+        self.send = send
+        self.unmatched_topic = unmatched_topic
+        self.dlq_topic = dlq_topic
+        self.batch_max = batch_max
+        self.batch_within_s = batch_within_s
+        self.dedup_window_s = dedup_window_s
+        self.stats = stats
+        self.ready = ready
+        self._buffer: list[Any] = []
+        self._oldest = 0.0
+        self._lock = asyncio.Lock()
+        self._stream: Any = None
+        self._by_position: dict[tuple[int, int], Any] = {}
+        self._retry_s = 1.0
+
+    def bind(self, stream: Any) -> None:
+        """Attach the (noack) stream whose events this batcher acks."""
+        self._stream = stream
+
+    async def add(self, event: Any) -> None:
+        if not self._buffer:
+            self._oldest = time.monotonic()
+        self._buffer.append(event)
+        self.stats.note_consumed()
+        if len(self._buffer) >= self.batch_max:
+            await self.flush()
+
+    async def flush_if_due(self) -> None:
+        if self._buffer and time.monotonic() - self._oldest >= self.batch_within_s:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            events, self._buffer = self._buffer, []
+            if not events:
+                return
+            try:
+                await self._flush(events)
+            except Exception:
+                # A bug, not bad data (bad data is quarantined by plan_batch): keep the events,
+                # in order, unacked, and try again later rather than skip past them.
+                logger.exception("flush of %d events failed; retrying in %.1fs", len(events), self._retry_s)
+                self._buffer[:0] = events
+                await asyncio.sleep(self._retry_s)
+                self._retry_s = min(self._retry_s * 2, 30.0)
+            else:
+                self._retry_s = 1.0
+
+    async def _flush(self, events: list[Any]) -> None:
+        if self.ready is not None and not self.ready.ready:
+            logger.info("waiting for the employee map to load before enriching")
+            await self.ready.wait()
+        started = time.monotonic()
+        by_position = self._by_position = {(e.message.partition, e.message.offset): e for e in events}
+        plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of)
+        outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
+        await self._park(plan, outcomes)
+        self._remember(plan, by_position)
+        for event in events:
+            await self._stream.ack(event)
+        self.stats.note_batch(plan, outcomes, [s.sink.name for s in self.sinks])
+        logger.info(
+            "batch of %d: %d written, %d duplicates, %d unmatched, %d quarantined in %.0f ms",
+            len(events), len(plan.to_write), plan.duplicates, len(plan.unmatched),
+            len(plan.quarantined), (time.monotonic() - started) * 1000,
+        )
+
+    def _already_seen(self, msg: Incoming, event_id: uuid.UUID) -> bool:
+        # Windowed tables read the current event (its timestamp, its partition): make it this one.
+        with _as_current(self._by_position[(msg.partition, msg.offset)]):
+            window = self.dedup[str(event_id)]
+            return bool(window.now() or window.delta(self.dedup_window_s))
+
+    def _employee_of(self, code: str) -> EmployeeRecord | None:
+        return employee_from_table(self.employees, code)
+
+    async def _park(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
+        records: list[tuple[str, bytes | None, bytes]] = []
+        for msg, punch in plan.unmatched:
+            records.append((self.unmatched_topic, msg.key, encode(punch)))
+        rejected = _rejections(outcomes, [s.sink.name for s in self.sinks])
+        for q in [*plan.quarantined, *rejected]:
+            key = q.device_serial.encode() if q.device_serial else None
+            records.append((self.dlq_topic, key, encode(q)))
+        if records:
+            # Each send returns a delivery future; wait for all before the batch may be acked.
+            futures = [await self.send(topic, key, value) for topic, key, value in records]
+            await asyncio.gather(*futures)
+
+    def _remember(self, plan: BatchPlan, by_position: dict[tuple[int, int], Any]) -> None:
+        marks = [((r.source_partition, r.source_offset), r.punch.event_id) for r in plan.to_write]
+        marks += [((m.partition, m.offset), p.event_id) for m, p in plan.unmatched]
+        for position, event_id in marks:
+            with _as_current(by_position[position]):
+                self.dedup[str(event_id)] = 1
+
+
+@contextmanager
+def _as_current(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event, as tables expect when read or written."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _incoming(event: Any) -> Incoming:
+    msg = event.message
+    return Incoming(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value)
+
+
+def _rejections(outcomes: Sequence[DeliveryOutcome], names: Sequence[str]) -> list[QuarantineRecord]:
+    out = []
+    for name, outcome in zip(names, outcomes, strict=True):
+        for row, error in outcome.rejected:
+            out.append(
+                quarantine(
+                    Reason.SINK_REJECTED,
+                    f"{name}: {error}",
+                    Stage.STREAM,
+                    encode(row.punch),
+                    device_serial=row.punch.device_serial,
+                    source_partition=row.source_partition,
+                    source_offset=row.source_offset,
+                )
+            )
+    return out

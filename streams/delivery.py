@@ -1,0 +1,119 @@
+"""Write a batch to a sink until it lands: retry transient errors, isolate rejected rows.
+
+The worker must never move past a batch that is not stored (an exception escaping a Faust
+agent acks the messages: silent loss), so:
+
+* ``TransientSinkError`` — wait with exponential backoff and retry the same rows, forever,
+  reporting every attempt; the consumer does not advance meanwhile;
+* ``PermanentSinkError`` — the batch is bisected until the offending rows stand alone; they
+  are returned as rejected (the caller dead-letters them), every other row is written.
+
+Sinks are synchronous drivers (psycopg, chDB); each runs in its own single thread so a slow or
+hanging sink never blocks the event loop that keeps the Kafka consumer alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from schemas.punch import EnrichedPunch
+from sinks.base import Sink, WriteResult
+from tapstream.errors import PermanentSinkError, TransientSinkError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: initial_s doubling up to max_s (seconds)."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def delays(self) -> list[float]:
+        """The first few delays, for tests and docs."""
+        out, delay = [], self.initial_s
+        for _ in range(8):
+            out.append(delay)
+            delay = min(delay * 2, self.max_s)
+        return out
+
+
+@dataclass
+class DeliveryOutcome:
+    """What happened to one batch at one sink."""
+
+    written: int = 0
+    inserted: int = 0
+    attempts: int = 0
+    rejected: list[tuple[EnrichedPunch, PermanentSinkError]] = field(default_factory=list)
+
+
+class SinkRunner:
+    """One sink plus the single thread its blocking driver runs in."""
+
+    def __init__(self, sink: Sink, backoff: Backoff, on_retry: Callable[[str, int, str], None] | None = None) -> None:
+        self.sink = sink
+        self.backoff = backoff
+        self.on_retry = on_retry
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{sink.name}")
+
+    async def deliver(self, rows: Sequence[EnrichedPunch]) -> DeliveryOutcome:
+        """Land ``rows``, retrying transient failures until the sink takes them (or the task is cancelled)."""
+        outcome = DeliveryOutcome()
+        if not rows:
+            return outcome
+        try:
+            result = await self._retry(rows, outcome)
+        except PermanentSinkError as exc:
+            logger.warning("%s rejected a batch of %d (%s): bisecting to isolate the bad rows", self.sink.name, len(rows), exc)
+            await self._isolate(rows, outcome)
+            return outcome
+        outcome.written, outcome.inserted = result.offered, result.inserted
+        return outcome
+
+    async def _retry(self, rows: Sequence[EnrichedPunch], outcome: DeliveryOutcome) -> WriteResult:
+        delay = self.backoff.initial_s
+        loop = asyncio.get_running_loop()
+        while True:
+            outcome.attempts += 1
+            try:
+                return await loop.run_in_executor(self._thread, self.sink.write_batch, rows)
+            except TransientSinkError as exc:
+                logger.warning(
+                    "%s unavailable (attempt %d, retry in %.1fs, batch of %d held): %s",
+                    self.sink.name, outcome.attempts, delay, len(rows), exc,
+                )
+                if self.on_retry:
+                    self.on_retry(self.sink.name, outcome.attempts, str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff.max_s)
+
+    async def _isolate(self, rows: Sequence[EnrichedPunch], outcome: DeliveryOutcome) -> None:
+        """Bisect a rejected batch: halves that land are kept, single rows still rejected are not."""
+        if len(rows) == 1:
+            try:
+                result = await self._retry(rows, outcome)
+            except PermanentSinkError as exc:
+                outcome.rejected.append((rows[0], exc))
+                return
+            outcome.written += result.offered
+            outcome.inserted += result.inserted
+            return
+        middle = len(rows) // 2
+        for half in (rows[:middle], rows[middle:]):
+            try:
+                result = await self._retry(half, outcome)
+            except PermanentSinkError:
+                await self._isolate(half, outcome)
+                continue
+            outcome.written += result.offered
+            outcome.inserted += result.inserted
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.sink.close()

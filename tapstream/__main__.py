@@ -1,0 +1,5 @@
+"""`python -m tapstream` = the `tapstream` command."""
+
+from tapstream.cli import main
+
+main()

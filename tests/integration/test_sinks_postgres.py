@@ -1,0 +1,175 @@
+"""PostgreSQL sink against a real server, one fresh schema per test (search_path, no ``public.``)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from infra.migrate import migrate_postgres
+from infra.postgres_server import PostgresServer
+from schemas.punch import EnrichedPunch, PunchSource, make_raw_punch
+from sinks.base import WriteResult
+from sinks.postgres import PostgresSink, open_pool
+from tapstream.errors import PermanentSinkError, TransientSinkError
+
+if TYPE_CHECKING:
+    from conftest import PgSchema
+
+pytestmark = pytest.mark.integration
+
+
+def punch(n: int, *, employee_id: str = "E-1", user_code: str = "1001", raw: str | None = None) -> EnrichedPunch:
+    when = datetime(2026, 3, 1, 8, 0, 0) + timedelta(minutes=n)
+    record = make_raw_punch(
+        device_serial=f"CQZ{n % 3:010d}",
+        user_code=user_code,
+        device_time=when,
+        device_tz="Asia/Dhaka",
+        punch_state=n % 2,
+        verify_mode=15,
+        source=PunchSource.PUSH,
+        raw=f"{user_code}\t{when}" if raw is None else raw,
+        received_at=datetime(2026, 3, 1, 2, 5, 7, 123456, tzinfo=UTC),
+        work_code="",
+    )
+    return EnrichedPunch(punch=record, employee_id=employee_id, source_partition=4, source_offset=1000 + n)
+
+
+def punches(start: int, stop: int) -> list[EnrichedPunch]:
+    return [punch(n) for n in range(start, stop)]
+
+
+@pytest.fixture
+def pool(pg_schema: PgSchema) -> Iterator[ConnectionPool]:
+    pool = open_pool(pg_schema.dsn, max_size=2, connect_timeout_s=2, acquire_timeout_s=3.0)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def sink(pool: ConnectionPool) -> PostgresSink:
+    return PostgresSink(pool)
+
+
+def count(pool: ConnectionPool) -> int:
+    with pool.connection() as conn:
+        row = conn.execute("SELECT count(*) FROM attendance_records").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_rewriting_a_batch_changes_nothing(sink: PostgresSink, pool: ConnectionPool) -> None:
+    rows = punches(0, 500)
+    assert sink.write_batch(rows) == WriteResult(500, 500)
+    assert sink.write_batch(rows) == WriteResult(500, 0)
+    assert count(pool) == 500
+
+
+def test_overlapping_batches_insert_only_new_rows(sink: PostgresSink, pool: ConnectionPool) -> None:
+    assert sink.write_batch(punches(0, 100)).inserted == 100
+    assert sink.write_batch(punches(50, 150)).inserted == 50
+    # A batch repeating a row inside itself is fine too (the second copy is a conflict).
+    assert sink.write_batch([*punches(150, 160), *punches(150, 160)]) == WriteResult(20, 10)
+    assert count(pool) == 160
+
+
+def test_data_reads_back_as_written(sink: PostgresSink, pool: ConnectionPool) -> None:
+    row = punch(0, employee_id="Zoë Ñúñez 社員", user_code="PIN-é7", raw="PIN-é7\t2026-03-01 08:00:00\t0\t15 ✓")
+    sink.write_batch([row])
+    with pool.connection() as conn:
+        stored = conn.execute(
+            "SELECT event_id, user_code, employee_id, device_time, punch_time, received_at, device_tz,"
+            " punch_state, verify_mode, work_code, source, raw, source_partition, source_offset,"
+            " ingested_at IS NOT NULL FROM attendance_records"
+        ).fetchall()
+    assert stored == [
+        (
+            row.punch.event_id,
+            "PIN-é7",
+            "Zoë Ñúñez 社員",
+            datetime(2026, 3, 1, 8, 0),  # naive: the device's wall clock, untouched
+            datetime(2026, 3, 1, 2, 0, tzinfo=UTC),
+            datetime(2026, 3, 1, 2, 5, 7, 123456, tzinfo=UTC),
+            "Asia/Dhaka",
+            0,
+            15,
+            "",
+            "push",
+            "PIN-é7\t2026-03-01 08:00:00\t0\t15 ✓",
+            4,
+            1000,
+            True,
+        )
+    ]
+    assert stored[0][3].tzinfo is None
+
+
+def test_a_rejected_row_fails_the_batch_whole_and_is_found_row_by_row(
+    sink: PostgresSink, pool: ConnectionPool
+) -> None:
+    bad = punch(99, raw="garbled\x00record")  # PostgreSQL text cannot hold NUL
+    batch = [*punches(0, 3), bad, *punches(3, 5)]
+    with pytest.raises(PermanentSinkError) as raised:
+        sink.write_batch(batch)
+    assert raised.value.reason == "data_exception"
+    assert count(pool) == 0  # nothing of the failed batch landed
+
+    rejected = []
+    for row in batch:
+        try:
+            sink.write_batch([row])
+        except PermanentSinkError:
+            rejected.append(row)
+    assert rejected == [bad]
+    assert count(pool) == 5
+
+
+def test_a_killed_connection_is_replaced_before_the_next_batch(
+    sink: PostgresSink, pool: ConnectionPool, pg_schema: PgSchema
+) -> None:
+    # What a server restart does to idle pooled connections: their server side is gone.
+    sink.write_batch(punches(0, 10))
+    with pool.connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(pg_schema.dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert sink.write_batch(punches(10, 20)) == WriteResult(10, 10)
+    assert count(pool) == 20
+
+
+def test_an_unreachable_server_is_transient_when_opening() -> None:
+    with pytest.raises(TransientSinkError):
+        open_pool(f"postgresql://tapstream@127.0.0.1:{closed_port()}/tapstream", max_size=1, connect_timeout_s=1)
+
+
+def test_a_server_outage_is_transient_then_recovers_without_duplicates(
+    private_postgres: Callable[[], PostgresServer],
+) -> None:
+    server = private_postgres()
+    with psycopg.connect(server.dsn) as conn:
+        migrate_postgres(conn)
+    pool = open_pool(server.dsn, max_size=2, connect_timeout_s=2, acquire_timeout_s=2.0)
+    try:
+        sink = PostgresSink(pool)
+        assert sink.write_batch(punches(0, 100)).inserted == 100
+        server.stop()
+        with pytest.raises(TransientSinkError):
+            sink.write_batch(punches(50, 150))
+        server.start()
+        # The retry of the failed batch lands; its overlap with the first batch does not double.
+        assert sink.write_batch(punches(50, 150)) == WriteResult(100, 50)
+        assert count(pool) == 150
+    finally:
+        pool.close()
