@@ -71,8 +71,8 @@ def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStat
     topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
               for name in (settings.topics.unmatched, settings.topics.dlq)}
 
-    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
-        return await topics[topic].send(key=key, value=value)
+    async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
+        return await topics[topic].send(key=key, value=value, headers=headers)
 
     batcher = Batcher(
         sinks=sinks, dedup=dedup, employees=employees, send=send,

@@ -31,8 +31,9 @@ from streams.stats import WorkerStats
 
 logger = logging.getLogger(__name__)
 
-# (topic, key, value) -> awaitable that resolves when Kafka has the record
-Send = Callable[[str, bytes | None, bytes], Any]
+# (topic, key, value, headers) -> awaitable that resolves when Kafka has the record
+Send = Callable[[str, bytes | None, bytes, dict[str, bytes]], Any]
+REASON_HEADER = "tapstream-reason"
 
 
 class Batcher:
@@ -133,21 +134,21 @@ class Batcher:
         return employee_from_table(self.employees, code)
 
     async def _park(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
-        records: list[tuple[str, bytes | None, bytes]] = []
-        for msg, punch in plan.unmatched:
-            records.append((self.unmatched_topic, msg.key, encode(punch)))
+        records: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
+        for u in plan.unmatched:
+            records.append((self.unmatched_topic, u.msg.key, encode(u.punch), {REASON_HEADER: u.reason.encode()}))
         rejected = _rejections(outcomes, [s.sink.name for s in self.sinks])
         for q in [*plan.quarantined, *rejected]:
             key = q.device_serial.encode() if q.device_serial else None
-            records.append((self.dlq_topic, key, encode(q)))
+            records.append((self.dlq_topic, key, encode(q), {REASON_HEADER: q.reason.value.encode()}))
         if records:
             # Each send returns a delivery future; wait for all before the batch may be acked.
-            futures = [await self.send(topic, key, value) for topic, key, value in records]
+            futures = [await self.send(*record) for record in records]
             await asyncio.gather(*futures)
 
     def _remember(self, plan: BatchPlan, by_position: dict[tuple[int, int], Any]) -> None:
         marks = [((r.source_partition, r.source_offset), r.punch.event_id) for r in plan.to_write]
-        marks += [((m.partition, m.offset), p.event_id) for m, p in plan.unmatched]
+        marks += [((u.msg.partition, u.msg.offset), u.punch.event_id) for u in plan.unmatched]
         for position, event_id in marks:
             with _as_current(by_position[position]):
                 self.dedup[str(event_id)] = 1

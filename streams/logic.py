@@ -34,12 +34,21 @@ class Incoming:
     value: bytes | None
 
 
+@dataclass(frozen=True)
+class Unmatched:
+    """A valid punch whose user code has no active employee: parked, with the reason why."""
+
+    msg: Incoming
+    punch: RawPunch
+    reason: str  # "unknown_employee" or "inactive_employee"
+
+
 @dataclass
 class BatchPlan:
     """Where every message of a batch goes."""
 
     to_write: list[EnrichedPunch] = field(default_factory=list)
-    unmatched: list[tuple[Incoming, RawPunch]] = field(default_factory=list)
+    unmatched: list[Unmatched] = field(default_factory=list)
     quarantined: list[QuarantineRecord] = field(default_factory=list)
     duplicates: int = 0
 
@@ -49,7 +58,7 @@ class BatchPlan:
 
     def seen_ids(self) -> list[uuid.UUID]:
         """Ids to remember once the batch is safely written (written and parked punches)."""
-        return [r.punch.event_id for r in self.to_write] + [p.event_id for _, p in self.unmatched]
+        return [r.punch.event_id for r in self.to_write] + [u.punch.event_id for u in self.unmatched]
 
 
 def decode_incoming(msg: Incoming) -> RawPunch | QuarantineRecord:
@@ -95,7 +104,8 @@ def plan_batch(
         in_batch.add(decoded.event_id)
         employee = employee_of(decoded.user_code)
         if employee is None or not employee.active:
-            plan.unmatched.append((msg, decoded))
+            reason = "unknown_employee" if employee is None else "inactive_employee"
+            plan.unmatched.append(Unmatched(msg, decoded, reason))
             continue
         plan.to_write.append(
             EnrichedPunch(

@@ -59,7 +59,9 @@ def test_ids_seen_in_earlier_batches_are_dropped() -> None:
 def test_unknown_and_inactive_codes_are_parked_not_dropped() -> None:
     batch = [msg(encode(punch("999")), 1), msg(encode(punch("101")), 2)]
     plan = plan_batch(batch, never_seen, EMPLOYEES.get)
-    assert [p.user_code for _, p in plan.unmatched] == ["999", "101"]
+    assert [(u.punch.user_code, u.reason) for u in plan.unmatched] == [
+        ("999", "unknown_employee"), ("101", "inactive_employee"),
+    ]
     assert plan.to_write == []
     assert set(plan.seen_ids()) == {punch("999").event_id, punch("101").event_id}
 
