@@ -1,0 +1,66 @@
+"""`tapstream employees import`: into Postgres and the compacted topic; a re-run changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.employees import import_employees
+from schemas.codec import decode
+from schemas.employee import EmployeeRecord
+
+if TYPE_CHECKING:
+    from conftest import PgSchema
+
+CSV = "attendance_code,employee_id,name,department\n1001,E-1,Ada,Plant\n1002,E-2,Bo,Office\n"
+
+
+def read_topic(bootstrap: str, topic: str) -> list[tuple[str, EmployeeRecord]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        consumer.assign([TopicPartition(topic, 0, low)])
+        out = []
+        while len(out) < high - low:
+            msg = consumer.poll(10)
+            assert msg is not None and msg.error() is None, "employees topic read timed out"
+            out.append((msg.key().decode(), decode(EmployeeRecord, msg.value())))
+        return out
+    finally:
+        consumer.close()
+
+
+def test_import_lands_in_postgres_and_the_topic_and_is_idempotent(
+    tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
+    path = tmp_path / "employees.csv"
+    path.write_text(CSV, encoding="utf-8")
+
+    first = import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    second = import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+
+    assert (first.rows, first.postgres_changed, first.published) == (2, 2, 2)
+    assert (second.rows, second.postgres_changed) == (2, 0)
+    with psycopg.connect(pg_schema.dsn) as conn:
+        rows = conn.execute("SELECT attendance_code, employee_id, name, department, active FROM employees ORDER BY 1").fetchall()
+    assert rows == [("1001", "E-1", "Ada", "Plant", True), ("1002", "E-2", "Bo", "Office", True)]
+    messages = read_topic(kafka_bootstrap, topic)
+    assert [key for key, _ in messages] == ["1001", "1002", "1001", "1002"]
+    assert all(key == record.attendance_code for key, record in messages)
+    assert messages[0][1].employee_id == "E-1"
+
+
+def test_a_changed_row_updates_postgres(tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]) -> None:
+    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
+    path = tmp_path / "employees.csv"
+    path.write_text(CSV, encoding="utf-8")
+    import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    path.write_text(CSV.replace("E-2,Bo,Office", "E-2,Bo,Plant"), encoding="utf-8")
+    result = import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    assert result.postgres_changed == 1
+    with psycopg.connect(pg_schema.dsn) as conn:
+        assert conn.execute("SELECT department FROM employees WHERE attendance_code = '1002'").fetchone() == ("Plant",)
