@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from faust.worker import Worker
 
 from infra.migrate import migrate_clickhouse, migrate_postgres
@@ -21,7 +23,7 @@ from sinks.postgres import PostgresSink, open_pool
 from streams.app import build_app
 from streams.delivery import Backoff, SinkRunner
 from streams.stats import WorkerStats
-from tapstream.errors import TransientSinkError
+from tapstream.errors import ConfigError, TransientSinkError
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,10 +81,31 @@ def _exit_when_idle(app: faust.App, stats: WorkerStats, idle_s: float) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def wait_for_topics(settings: Settings, backoff: Backoff) -> None:
+    """Wait (with backoff) until the broker answers; fail clearly if a topic the worker needs is missing."""
+    t = settings.topics
+    needed = [t.raw, t.unmatched, t.dlq, t.employees]
+    delay = backoff.initial_s
+    # librdkafka prints every refused connection at level 3; our own warning says it once a try.
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "log_level": 2})
+    while True:
+        try:
+            existing = admin.list_topics(timeout=10).topics
+            break
+        except KafkaException as exc:
+            logger.warning("Kafka at %s unavailable, retrying in %.1fs: %s", settings.kafka.bootstrap, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, backoff.max_s)
+    missing = [name for name in needed if name not in existing]
+    if missing:
+        raise ConfigError(f"topic(s) {', '.join(missing)} missing on {settings.kafka.bootstrap}: run `tapstream stack up`")
+
+
 def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until idle, if exit_when_idle_s is given)."""
     stats = WorkerStats(path=stats_path(settings))
     stats.save()
+    wait_for_topics(settings, Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s))
     runners = open_sinks(settings, stats)
     app = build_app(settings, runners, stats)
     if exit_when_idle_s is not None:

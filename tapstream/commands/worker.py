@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from infra.worker import run_worker
-from tapstream.commands.common import settings_of
+from tapstream.commands.common import fail, settings_of
+from tapstream.errors import TapstreamError
 
 
 def worker(
@@ -15,4 +16,7 @@ def worker(
     ),
 ) -> None:
     """Consume attendance.raw: dedup, enrich, quarantine, write PostgreSQL and ClickHouse."""
-    run_worker(settings_of(ctx), exit_when_idle)
+    try:
+        run_worker(settings_of(ctx), exit_when_idle)
+    except TapstreamError as exc:
+        raise fail(exc) from exc
