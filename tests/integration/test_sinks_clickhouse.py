@@ -16,7 +16,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from infra.migrate import migrate_clickhouse
-from schemas.punch import EnrichedPunch, PunchSource, make_raw_punch
+from schemas.punch import EnrichedPunch, PunchSource
+from tests.factories import enriched
 from sinks.base import WriteResult
 from sinks.clickhouse import ClickHouseSink, count_events, open_client
 from tapstream.errors import ConfigError, PermanentSinkError, TransientSinkError
@@ -25,19 +26,10 @@ pytestmark = pytest.mark.integration
 
 
 def punch(n: int, *, employee_id: str = "E-1", user_code: str = "1001", device_time: datetime | None = None) -> EnrichedPunch:
-    when = device_time or datetime(2026, 3, 1, 8, 0, 0) + timedelta(minutes=n)
-    raw = make_raw_punch(
-        device_serial=f"CQZ{n % 3:010d}",
-        user_code=user_code,
-        device_time=when,
-        device_tz="Asia/Dhaka",
-        punch_state=n % 2,
-        verify_mode=15,
-        source=PunchSource.PULL_POLL,
-        raw=f"{user_code}\t{when}",
-        received_at=datetime(2026, 3, 1, 2, 5, 7, 123456, tzinfo=UTC),
+    return enriched(
+        n, employee_id=employee_id, user_code=user_code, device_time=device_time,
+        source=PunchSource.PULL_POLL, partition=2,
     )
-    return EnrichedPunch(punch=raw, employee_id=employee_id, source_partition=2, source_offset=n)
 
 
 def punches(start: int, stop: int, *, employee_id: str = "E-1") -> list[EnrichedPunch]:

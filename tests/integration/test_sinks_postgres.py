@@ -13,7 +13,8 @@ from psycopg_pool import ConnectionPool
 
 from infra.migrate import migrate_postgres
 from infra.postgres_server import PostgresServer
-from schemas.punch import EnrichedPunch, PunchSource, make_raw_punch
+from schemas.punch import EnrichedPunch
+from tests.factories import enriched
 from sinks.base import WriteResult
 from sinks.postgres import PostgresSink, open_pool
 from tapstream.errors import PermanentSinkError, TransientSinkError
@@ -25,20 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def punch(n: int, *, employee_id: str = "E-1", user_code: str = "1001", raw: str | None = None) -> EnrichedPunch:
-    when = datetime(2026, 3, 1, 8, 0, 0) + timedelta(minutes=n)
-    record = make_raw_punch(
-        device_serial=f"CQZ{n % 3:010d}",
-        user_code=user_code,
-        device_time=when,
-        device_tz="Asia/Dhaka",
-        punch_state=n % 2,
-        verify_mode=15,
-        source=PunchSource.PUSH,
-        raw=f"{user_code}\t{when}" if raw is None else raw,
-        received_at=datetime(2026, 3, 1, 2, 5, 7, 123456, tzinfo=UTC),
-        work_code="",
-    )
-    return EnrichedPunch(punch=record, employee_id=employee_id, source_partition=4, source_offset=1000 + n)
+    return enriched(n, employee_id=employee_id, user_code=user_code, raw=raw, partition=4, offset=1000 + n)
 
 
 def punches(start: int, stop: int) -> list[EnrichedPunch]:

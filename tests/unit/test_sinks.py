@@ -17,7 +17,8 @@ import pytest
 from clickhouse_connect.driver import exceptions as ch_errors
 from psycopg_pool import PoolTimeout
 
-from schemas.punch import EnrichedPunch, PunchSource, make_raw_punch
+from schemas.punch import EnrichedPunch
+from tests.factories import enriched
 from sinks import clickhouse as ch_sink
 from sinks import postgres as pg_sink
 from sinks.base import WriteResult
@@ -38,20 +39,11 @@ MIGRATIONS = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 
 
 def punch(n: int = 0, *, employee_id: str = "E-1", user_code: str = "1001") -> EnrichedPunch:
-    device_time = datetime(2026, 3, 1, 8, 0, 0) + timedelta(minutes=n)
-    raw = make_raw_punch(
-        device_serial="CQZ7232060123",
-        user_code=user_code,
-        device_time=device_time,
-        device_tz="Asia/Dhaka",
-        punch_state=n % 2,
-        verify_mode=15,
-        source=PunchSource.PUSH,
-        raw=f"{user_code}\t{device_time}\t{n % 2}\t15",
-        received_at=datetime(2026, 3, 1, 2, 5, tzinfo=UTC),
-        work_code="7",
+    return enriched(
+        n, employee_id=employee_id, user_code=user_code, serial="CQZ7232060123", work_code="7",
+        raw=f"{user_code}\t{datetime(2026, 3, 1, 8, 0, 0) + timedelta(minutes=n)}\t{n % 2}\t15",
+        received_at=datetime(2026, 3, 1, 2, 5, tzinfo=UTC), partition=3, offset=100 + n,
     )
-    return EnrichedPunch(punch=raw, employee_id=employee_id, source_partition=3, source_offset=100 + n)
 
 
 # --- row shaping -------------------------------------------------------------------------
