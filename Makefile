@@ -6,7 +6,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test typecheck unit integration stack-up stack-down
+.PHONY: install demo test test-kafka39 typecheck unit integration stack-up stack-down
 
 install:
 	@bash infra/bootstrap.sh
@@ -16,6 +16,15 @@ demo: install
 
 test: install typecheck
 	@$(PY) -m pytest
+
+# The integration suite again on the other supported Kafka line, in its own state folder and
+# ports, so it never touches the default stack (CI runs it after `make test`).
+KAFKA39 := TAPSTREAM_KAFKA__VERSION=3.9.2 TAPSTREAM_STATE_DIR=.tapstream/kafka-3.9 \
+	TAPSTREAM_KAFKA__PORT=29092 TAPSTREAM_KAFKA__CONTROLLER_PORT=29093 TAPSTREAM_POSTGRES__PORT=55433
+
+test-kafka39: install
+	@$(KAFKA39) $(PY) -m pytest tests/integration
+	@$(KAFKA39) $(VENV)/bin/tapstream stack down
 
 typecheck: install
 	@$(VENV)/bin/mypy
