@@ -8,27 +8,22 @@ says must be there. Each run simulates an earlier morning, so runs never collide
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
 
 from infra import stack
 from infra.employees import import_employees
+from infra.harness import (
+    TapstreamProcess, free_port, group_lag, topic_ends, wait_drained, wait_http, wait_worker, worker_stats,
+)
 from infra.simulate import Expected, SimDevice, morning, post_scenario
 from producers.registry import add_device
 from sinks.clickhouse import open_client
-from streams.stats import read_stats
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
 
@@ -62,20 +57,20 @@ def run_demo(settings: Settings, say: Any = print) -> bool:
     csv_path = _employees_csv(settings)
     import_employees(csv_path, dsn=settings.postgres.effective_dsn(), bootstrap=settings.kafka.bootstrap, topic=settings.topics.employees)
     scenario = morning(DEVICES, KNOWN, UNKNOWN, day, seed)
-    port = _free_port()
+    port = free_port()
     logs = settings.path("demo")
-    with _process(["worker"], logs / "worker.log", settings) as worker:
+    stats_file = settings.path("worker", "stats.json")
+    with TapstreamProcess(["worker"], logs / "worker.log") as worker:
         # Leftovers of an interrupted run are carried through first, so they do not count here.
         _wait_caught_up(settings, worker, 120)
-        offsets, baseline, since = _topic_ends(settings), _worker_stats(settings, worker), datetime.now(UTC)
-        with _process(["push", "--host", "127.0.0.1", "--port", str(port)], logs / "push.log", settings):
+        offsets, baseline, since = _topic_ends(settings), worker_stats(stats_file, worker.pid), datetime.now(UTC)
+        with TapstreamProcess(["push", "--host", "127.0.0.1", "--port", str(port)], logs / "push.log"):
             base = f"http://127.0.0.1:{port}"
-            _wait_http(base + "/healthz", 60)
+            wait_http(base + "/healthz", 60)
             say(f"push endpoint {base}: playing the morning of {day} from {len(DEVICES)} devices")
             replies = post_scenario(base, scenario)
-            _wait_drained(base, 60)
-        _wait_worker(settings, baseline.get("consumed", 0) + scenario.expected.raw_messages, worker, 120)
-        final = _worker_stats(settings, worker)
+            wait_drained(base, 60)
+        final = wait_worker(stats_file, worker, baseline.get("consumed", 0) + scenario.expected.raw_messages, 120)
     # After the worker has stopped: the embedded ClickHouse store is free to open.
     observed = _observe(settings, offsets, baseline, final, since, replies)
     return _report(scenario.expected, observed, day, say)
@@ -104,106 +99,26 @@ def _employees_csv(settings: Settings) -> Path:
     return path
 
 
-class _process:
-    """A `tapstream` subprocess with its log in a file; stopped with SIGTERM on exit."""
-
-    def __init__(self, args: list[str], log: Path, settings: Settings) -> None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log.open("wb")
-        cmd = [sys.executable, "-m", "tapstream", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=os.environ.copy())
-
-    def __enter__(self) -> subprocess.Popen[bytes]:
-        return self.proc
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
-
-
-def _wait_http(url: str, timeout_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                data: dict[str, Any] = json.loads(response.read())
-                return data
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TapstreamError(f"{url} did not answer within {timeout_s:.0f}s") from None
-            time.sleep(0.3)
-
-
-def _wait_drained(base: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _wait_http(base + "/healthz", 5)["spool_depth"] > 0:
-        if time.monotonic() > deadline:
-            raise TapstreamError("the push spool did not drain into Kafka")
-        time.sleep(0.2)
-
-
-def _worker_stats(settings: Settings, worker: subprocess.Popen[bytes]) -> dict[str, Any]:
-    """The counters of this worker process ({} until it has written its own)."""
-    stats = read_stats(settings.path("worker", "stats.json")) or {}
-    return stats if stats.get("pid") == worker.pid else {}
-
-
-def _wait_caught_up(settings: Settings, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
+def _wait_caught_up(settings: Settings, worker: TapstreamProcess, timeout_s: float) -> None:
     """Wait until the worker group has committed every raw message there is."""
     deadline = time.monotonic() + timeout_s
-    while not _worker_stats(settings, worker) or _raw_lag(settings) > 0:
-        if worker.poll() is not None:
-            raise TapstreamError(f"the worker exited ({worker.returncode}); see {settings.path('demo', 'worker.log')}")
+    stats_file = settings.path("worker", "stats.json")
+
+    def behind() -> bool:
+        if not worker_stats(stats_file, worker.pid):
+            return True  # not started yet
+        return group_lag(settings.kafka.bootstrap, settings.worker.app_id, settings.topics.raw) > 0
+
+    while behind():
+        if not worker.alive():
+            raise TapstreamError(f"the worker exited ({worker.proc.returncode}); see {worker.log}")
         if time.monotonic() > deadline:
             raise TapstreamError(f"the worker did not catch up with {settings.topics.raw} within {timeout_s:.0f}s")
         time.sleep(0.5)
 
 
-def _raw_lag(settings: Settings) -> int:
-    topic = settings.topics.raw
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": settings.worker.app_id})
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
-        committed = consumer.committed(parts, timeout=10)
-        lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
-
-
-def _wait_worker(settings: Settings, consumed: int, worker: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = _worker_stats(settings, worker)
-        last, flushed = stats.get("last_event_at"), stats.get("last_flush_at")
-        if stats.get("consumed", 0) >= consumed and last and flushed and flushed >= last:
-            return
-        if worker.poll() is not None:
-            raise TapstreamError(f"the worker exited ({worker.returncode}); see {settings.path('demo', 'worker.log')}")
-        if time.monotonic() > deadline:
-            raise TapstreamError(f"the worker did not finish within {timeout_s:.0f}s: {stats}")
-        time.sleep(0.3)
-
-
 def _topic_ends(settings: Settings) -> dict[str, int]:
-    names = (settings.topics.raw, settings.topics.dlq, settings.topics.unmatched)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": "tapstream-demo-probe"})
-    try:
-        out = {}
-        for name in names:
-            parts = consumer.list_topics(name, timeout=10).topics[name].partitions
-            out[name] = sum(consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in parts)
-        return out
-    finally:
-        consumer.close()
+    return topic_ends(settings.kafka.bootstrap, (settings.topics.raw, settings.topics.dlq, settings.topics.unmatched))
 
 
 def _observe(
@@ -258,11 +173,3 @@ def _report(exp: Expected, obs: Observed, day: date, say: Any) -> bool:
         say(f"{label:52} {expected:>9} {observed:>9}  {mark}")
     say("\nevery count matches: nothing lost, nothing doubled" if ok else "\nsome counts differ (see above)")
     return ok
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

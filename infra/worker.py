@@ -45,7 +45,10 @@ def open_sinks(settings: Settings, stats: WorkerStats) -> list[SinkRunner]:
 
 def _open_sink(name: str, settings: Settings) -> PostgresSink | ClickHouseSink:
     if name == "postgres":
-        pool = open_pool(settings.postgres.effective_dsn(), settings.postgres.pool_max)
+        pg = settings.postgres
+        pool = open_pool(
+            pg.effective_dsn(), pg.pool_max, connect_timeout_s=pg.connect_timeout_s, acquire_timeout_s=pg.acquire_timeout_s
+        )
         with pool.connection() as conn:
             applied = migrate_postgres(conn)
         logger.info("postgres sink ready (migrations applied: %s)", applied or "none new")
@@ -73,9 +76,9 @@ def _exit_when_idle(app: faust.App, stats: WorkerStats, idle_s: float) -> None:
 
     @app.timer(interval=min(1.0, idle_s / 2))  # type: ignore[untyped-decorator]  # faust's timer is untyped
     async def idle_check() -> None:
-        last, flushed = stats.last_event_at, stats.last_flush_at
-        if last is None or flushed is None or flushed < last:
-            return  # nothing processed yet, or a batch still in flight
+        last = stats.last_event_at
+        if last is None or stats.flushed < stats.consumed:
+            return  # nothing processed yet, or events still buffered or in flight
         if time.time() - last >= idle_s:
             logger.info("idle for %.0fs after %d events: stopping", idle_s, stats.consumed)
             os.kill(os.getpid(), signal.SIGTERM)

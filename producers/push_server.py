@@ -123,8 +123,10 @@ def _quarantined(settings: Settings, serial: str, records: list[QuarantineRecord
 
 
 def _cut(data: bytes, size: int | None = None) -> str:
+    """Say so when the quarantined bytes are only the head of the input."""
     size = len(data) if size is None else size
-    return f" (first {QUARANTINE_HEAD_BYTES} of {size} bytes kept)" if size > QUARANTINE_HEAD_BYTES else ""
+    kept = min(len(data), QUARANTINE_HEAD_BYTES)
+    return f" (first {kept} of {size} bytes kept)" if size > kept else ""
 
 
 async def read_body(request: web.Request, limit: int) -> Body:

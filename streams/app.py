@@ -48,6 +48,8 @@ def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStat
         producer_acks=-1,
         broker_commit_every=worker.batch_max,
         broker_commit_interval=1.0,
+        broker_session_timeout=worker.session_timeout_s,
+        broker_heartbeat_interval=worker.heartbeat_interval_s,
         stream_buffer_maxsize=max(4096, worker.batch_max),
         web_enabled=False,
         table_cleanup_interval=min(60.0, worker.dedup_window_s / 4),

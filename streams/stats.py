@@ -26,6 +26,7 @@ class WorkerStats:
     path: Path | None = None
     pid: int = field(default_factory=os.getpid)  # whose counters these are: a file may be stale
     consumed: int = 0
+    flushed: int = 0  # consumed events whose batch is done (stored, parked or dropped) and acked
     batches: int = 0
     duplicates: int = 0
     unmatched: int = 0
@@ -51,6 +52,7 @@ class WorkerStats:
 
     def note_batch(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome], sinks: Sequence[str]) -> None:
         self.batches += 1
+        self.flushed += plan.accounted
         self.duplicates += plan.duplicates
         self.unmatched += len(plan.unmatched)
         self.quarantined += len(plan.quarantined)

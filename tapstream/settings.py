@@ -72,6 +72,8 @@ class PostgresSettings(BaseModel):
     database: str = "tapstream"
     user: str = "tapstream"
     pool_max: int = 4
+    connect_timeout_s: int = Field(5, description="one connection attempt at most, seconds")
+    acquire_timeout_s: float = Field(10.0, description="a write waits this long for a connection, then retries")
 
     @property
     def managed(self) -> bool:
@@ -122,6 +124,10 @@ class WorkerSettings(BaseModel):
     sinks: list[Literal["postgres", "clickhouse"]] = ["postgres", "clickhouse"]
     retry_initial_s: float = Field(0.5, description="first sink retry backoff, seconds")
     retry_max_s: float = Field(30.0, description="longest sink retry backoff, seconds")
+    session_timeout_s: float = Field(
+        60.0, description="Kafka group session timeout: how long a crashed worker keeps its partitions"
+    )
+    heartbeat_interval_s: float = Field(3.0, description="Kafka group heartbeat interval, seconds")
 
 
 class Settings(BaseSettings):
