@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient
 from faust.worker import Worker
 
 from infra.migrate import migrate_clickhouse, migrate_postgres
+from infra.topics import TopicSpec, ensure_topics
 from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.postgres import PostgresSink, open_pool
 from streams.app import build_app
@@ -102,6 +103,34 @@ def wait_for_topics(settings: Settings, backoff: Backoff) -> None:
     missing = [name for name in needed if name not in existing]
     if missing:
         raise ConfigError(f"topic(s) {', '.join(missing)} missing on {settings.kafka.bootstrap}: run `tapstream stack up`")
+    ensure_internal_topics(admin, settings)
+
+
+def internal_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics Faust would create for the worker, with the configuration Faust gives them."""
+    app_id, window_ms = settings.worker.app_id, settings.worker.dedup_window_s * 1000
+    return [
+        # windowed table: compacted and deleted after its expiry (2 windows, streams/app.py)
+        TopicSpec(f"{app_id}-dedup-changelog", settings.topics.raw_partitions,
+                  {"cleanup.policy": "compact,delete", "retention.ms": str(2 * window_ms)}),
+        TopicSpec(f"{app_id}-employees-changelog", settings.topics.employees_partitions, {"cleanup.policy": "compact"}),
+        TopicSpec(f"{app_id}-__assignor-__leader", 1),
+    ]
+
+
+def ensure_internal_topics(admin: AdminClient, settings: Settings, timeout_s: float = 30.0) -> None:
+    """Create Faust's internal topics before Faust starts, and wait until metadata lists them.
+
+    Left to Faust, a fresh app id creates them and subscribes at once; about one start in fifty
+    then sees "topic ... not found in cluster metadata" and never consumes anything.
+    """
+    specs = internal_topics(settings)
+    ensure_topics(settings.kafka.bootstrap, specs)
+    names, deadline = {s.name for s in specs}, time.monotonic() + timeout_s
+    while not names <= set(admin.list_topics(timeout=10).topics):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"the worker's topics {sorted(names)} did not appear in the cluster metadata")
+        time.sleep(0.2)
 
 
 def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> None:
