@@ -104,11 +104,14 @@ ON CONFLICT (attendance_code) DO UPDATE
 
 def store_employees(dsn: str, records: Sequence[EmployeeRecord]) -> int:
     """Upsert into Postgres in one transaction; return the rows that changed."""
-    with psycopg.connect(dsn, connect_timeout=10) as conn, conn.cursor() as cur:
-        changed = 0
-        for r in records:
-            cur.execute(UPSERT, (r.attendance_code, r.employee_id, r.name, r.department, r.active))
-            changed += cur.rowcount
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn, conn.cursor() as cur:
+            changed = 0
+            for r in records:
+                cur.execute(UPSERT, (r.attendance_code, r.employee_id, r.name, r.department, r.active))
+                changed += cur.rowcount
+    except psycopg.Error as exc:
+        raise TapstreamError(f"cannot store employees in PostgreSQL: {exc}") from exc
     return changed
 
 

@@ -6,10 +6,13 @@ the Typer context; see tapstream/settings.py for every variable.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from tapstream import logs
 from tapstream.commands import bench, demo, devices, employees, push, schema, stack, worker
+from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
 
 app = typer.Typer(
@@ -41,5 +44,9 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a TapstreamError ends the command with one clear line, exit 1."""
+    try:
+        app()
+    except TapstreamError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)

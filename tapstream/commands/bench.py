@@ -6,8 +6,7 @@ import typer
 
 from infra.bench import run_pipeline_bench
 from infra.bench_run import BenchOptions
-from tapstream.commands.common import emit_json, fail, settings_of
-from tapstream.errors import TapstreamError
+from tapstream.commands.common import emit_json, settings_of
 
 app = typer.Typer(help="Measure the pipeline; prints figures with the machine and versions.", no_args_is_help=True)
 
@@ -40,9 +39,6 @@ def pipeline(
     options = BenchOptions(events=events, devices=devices, employees=employees, batch_max=batch_max,
                            profile=profile, keep=keep, idle_s=idle, timeout_s=timeout,
                            start_timeout_s=start_timeout, seed=seed)
-    try:
-        result = run_pipeline_bench(settings_of(ctx), options, say=_say)
-    except TapstreamError as exc:
-        raise fail(exc) from exc
+    result = run_pipeline_bench(settings_of(ctx), options, say=_say)
     emit_json(result)
     raise typer.Exit(0 if result["counts_match"] else 1)

@@ -12,7 +12,6 @@ import typer
 
 from producers import registry
 from tapstream.commands.common import emit_json, fail, settings_of
-from tapstream.errors import ConfigError
 
 app = typer.Typer(help="Register, list, enable, disable and remove attendance devices.", no_args_is_help=True)
 
@@ -46,13 +45,10 @@ def add(
         raise fail(f"--kind must be push or pull, not {kind!r}")
     device_kind: registry.DeviceKind = "push" if kind == "push" else "pull"
     with _connection(ctx) as conn:
-        try:
-            created = registry.add_device(
-                conn, serial=serial, kind=device_kind, timezone=timezone, name=name, site=site,
-                address=address, port=port, comm_key=comm_key,
-            )
-        except ConfigError as exc:
-            raise fail(exc) from exc
+        created = registry.add_device(
+            conn, serial=serial, kind=device_kind, timezone=timezone, name=name, site=site,
+            address=address, port=port, comm_key=comm_key,
+        )
     typer.echo(f"{'added' if created else 'updated'} {kind} device {serial} ({timezone})")
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg
 import typer
 
 from infra.employees import import_employees
-from tapstream.commands.common import emit_json, fail, settings_of
-from tapstream.errors import TapstreamError
+from tapstream.commands.common import emit_json, settings_of
 
 app = typer.Typer(help="Employees: attendance code -> employee id, name, department.", no_args_is_help=True)
 
@@ -22,13 +20,10 @@ def import_(
 ) -> None:
     """Load a CSV into Postgres `employees` and the compacted `employees` topic."""
     settings = settings_of(ctx)
-    try:
-        result = import_employees(
-            file, dsn=settings.postgres.effective_dsn(), bootstrap=settings.kafka.bootstrap,
-            topic=settings.topics.employees,
-        )
-    except (TapstreamError, psycopg.Error) as exc:
-        raise fail(exc) from exc
+    result = import_employees(
+        file, dsn=settings.postgres.effective_dsn(), bootstrap=settings.kafka.bootstrap,
+        topic=settings.topics.employees,
+    )
     if json_out:
         emit_json(result.__dict__)
     else:

@@ -8,7 +8,6 @@ import typer
 
 from producers.push_server import run_push
 from tapstream.commands.common import fail, settings_of
-from tapstream.errors import TapstreamError
 
 
 def push(
@@ -24,7 +23,5 @@ def push(
         settings.push.port = port
     try:
         asyncio.run(run_push(settings))
-    except TapstreamError as exc:
-        raise fail(exc) from exc
     except OSError as exc:  # typically the port is taken or the address is not local
         raise fail(f"cannot listen on {settings.push.host}:{settings.push.port}: {exc}") from exc

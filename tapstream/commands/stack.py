@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 
 from infra import stack
-from tapstream.commands.common import emit_json, fail, settings_of
-from tapstream.errors import TapstreamError
+from tapstream.commands.common import emit_json, settings_of
 
 app = typer.Typer(
     help="Run the local stack: a Kafka broker, PostgreSQL, embedded ClickHouse (state in .tapstream/).",
@@ -19,11 +18,7 @@ JSON = typer.Option(False, "--json", help="print one JSON document instead of te
 @app.command()
 def up(ctx: typer.Context, as_json: bool = JSON) -> None:
     """Start the managed services, create topics, apply migrations. Safe to repeat."""
-    try:
-        status = stack.up(settings_of(ctx))
-    except TapstreamError as err:
-        raise fail(err) from err
-    _show(status, as_json)
+    _show(stack.up(settings_of(ctx)), as_json)
 
 
 @app.command()
@@ -32,20 +27,13 @@ def down(
     wipe: bool = typer.Option(False, "--wipe", help="also delete broker, PostgreSQL and ClickHouse data"),
 ) -> None:
     """Stop the managed services (external ones are left alone)."""
-    try:
-        done = stack.down(settings_of(ctx), wipe=wipe)
-    except TapstreamError as err:
-        raise fail(err) from err
-    typer.echo("\n".join(done))
+    typer.echo("\n".join(stack.down(settings_of(ctx), wipe=wipe)))
 
 
 @app.command()
 def status(ctx: typer.Context, as_json: bool = JSON) -> None:
     """Show what runs where (exit code 3 when something is down or a topic is missing)."""
-    try:
-        current = stack.status(settings_of(ctx))
-    except TapstreamError as err:
-        raise fail(err) from err
+    current = stack.status(settings_of(ctx))
     _show(current, as_json)
     if not current.healthy:
         raise typer.Exit(3)

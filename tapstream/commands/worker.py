@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 
 from infra.worker import run_worker
-from tapstream.commands.common import fail, settings_of
-from tapstream.errors import TapstreamError
+from tapstream.commands.common import settings_of
 
 
 def worker(
@@ -16,7 +15,4 @@ def worker(
     ),
 ) -> None:
     """Consume attendance.raw: dedup, enrich, quarantine, write PostgreSQL and ClickHouse."""
-    try:
-        run_worker(settings_of(ctx), exit_when_idle)
-    except TapstreamError as exc:
-        raise fail(exc) from exc
+    run_worker(settings_of(ctx), exit_when_idle)
