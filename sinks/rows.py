@@ -67,7 +67,7 @@ def postgres_row(row: EnrichedPunch) -> tuple[object, ...]:
 def clickhouse_row(row: EnrichedPunch) -> tuple[object, ...]:
     """Return the values of CLICKHOUSE_COLUMNS for one row.
 
-    device_time is the device's wall clock, kept in a DateTime('UTC') column so it reads back
+    device_time is the device's wall clock, kept in a DateTime64(0, 'UTC') column so it reads back
     unchanged; it is tagged UTC here because the driver would otherwise convert a naive value
     with the *process's* local zone and shift it.
     """

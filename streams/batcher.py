@@ -71,6 +71,7 @@ class Batcher:
         self._stream: Any = None
         self._by_position: dict[tuple[int, int], Any] = {}
         self._retry_s = 1.0
+        self._sink_names = [s.sink.name for s in self.sinks]
 
     def bind(self, stream: Any) -> None:
         """Attach the (noack) stream whose events this batcher acks."""
@@ -110,14 +111,15 @@ class Batcher:
             logger.info("waiting for the employee map to load before enriching")
             await self.ready.wait()
         started = time.monotonic()
-        by_position = self._by_position = {(e.message.partition, e.message.offset): e for e in events}
+        # The Faust event behind each message: tables must be read and written "as" that event.
+        self._by_position = {(e.message.partition, e.message.offset): e for e in events}
         plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of)
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
         await self._park(plan, outcomes)
-        self._remember(plan, by_position)
+        self._remember(plan)
         for event in events:
             await self._stream.ack(event)
-        self.stats.note_batch(plan, outcomes, [s.sink.name for s in self.sinks])
+        self.stats.note_batch(plan, outcomes, self._sink_names)
         logger.info(
             "batch of %d: %d written, %d duplicates, %d unmatched, %d quarantined in %.0f ms",
             len(events), len(plan.to_write), plan.duplicates, len(plan.unmatched),
@@ -137,7 +139,7 @@ class Batcher:
         records: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
         for u in plan.unmatched:
             records.append((self.unmatched_topic, u.msg.key, encode(u.punch), {REASON_HEADER: u.reason.encode()}))
-        rejected = _rejections(outcomes, [s.sink.name for s in self.sinks])
+        rejected = _rejections(outcomes, self._sink_names)
         for q in [*plan.quarantined, *rejected]:
             key = q.device_serial.encode() if q.device_serial else None
             records.append((self.dlq_topic, key, encode(q), {REASON_HEADER: q.reason.value.encode()}))
@@ -146,11 +148,11 @@ class Batcher:
             futures = [await self.send(*record) for record in records]
             await asyncio.gather(*futures)
 
-    def _remember(self, plan: BatchPlan, by_position: dict[tuple[int, int], Any]) -> None:
+    def _remember(self, plan: BatchPlan) -> None:
         marks = [((r.source_partition, r.source_offset), r.punch.event_id) for r in plan.to_write]
         marks += [((u.msg.partition, u.msg.offset), u.punch.event_id) for u in plan.unmatched]
         for position, event_id in marks:
-            with _as_current(by_position[position]):
+            with _as_current(self._by_position[position]):
                 self.dedup[str(event_id)] = 1
 
 
