@@ -11,9 +11,9 @@ and either lands the batch whole or raises:
 Driver exceptions never leave a sink untranslated.
 
 Finding rejected rows: a ``PermanentSinkError`` from ``write_batch`` condemns the batch, not each
-row. The caller re-offers the rows one at a time (``write_batch([row])``); a single-row batch
-that still raises ``PermanentSinkError`` is an offender to dead-letter, the others land. This is
-safe because writes are idempotent, whatever part of the failed batch a store may have kept.
+row. The caller re-offers smaller batches (``streams.delivery.SinkRunner`` bisects); a single-row
+batch that still raises ``PermanentSinkError`` is an offender to dead-letter, the others land.
+This is safe because writes are idempotent, whatever part of the failed batch a store kept.
 """
 
 from __future__ import annotations

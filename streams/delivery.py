@@ -114,6 +114,10 @@ class SinkRunner:
             outcome.written += result.offered
             outcome.inserted += result.inserted
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Release the sink's thread; the sink itself stays open."""
         self._thread.shutdown(wait=True)
+
+    def close(self) -> None:
+        self.stop()
         self.sink.close()

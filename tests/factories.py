@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from schemas.punch import EnrichedPunch, PunchSource, make_raw_punch
+from sinks.base import Sink
+from streams.delivery import Backoff, DeliveryOutcome, SinkRunner
 
 RECEIVED = datetime(2026, 3, 1, 2, 5, 7, 123456, tzinfo=UTC)
 
@@ -39,3 +43,12 @@ def enriched(
         work_code=work_code,
     )
     return EnrichedPunch(punch=record, employee_id=employee_id, source_partition=partition, source_offset=n if offset is None else offset)
+
+
+def deliver(sink: Sink, rows: Sequence[EnrichedPunch]) -> DeliveryOutcome:
+    """Write through the worker's delivery path (retries, bisection of rejected batches)."""
+    runner = SinkRunner(sink, Backoff(initial_s=0.01, max_s=0.05))
+    try:
+        return asyncio.run(runner.deliver(rows))
+    finally:
+        runner.stop()  # the sink belongs to the test's fixture

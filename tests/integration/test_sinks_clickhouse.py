@@ -17,7 +17,7 @@ from clickhouse_connect.driver.client import Client
 
 from infra.migrate import migrate_clickhouse
 from schemas.punch import EnrichedPunch, PunchSource
-from tests.factories import enriched
+from tests.factories import deliver, enriched
 from sinks.base import WriteResult
 from sinks.clickhouse import ClickHouseSink, count_events, open_client
 from tapstream.errors import ConfigError, PermanentSinkError, TransientSinkError
@@ -120,7 +120,7 @@ def test_data_reads_back_as_written(sink: ClickHouseSink, chdb_client: Client, c
     ]
 
 
-def test_unstorable_rows_are_permanent_and_isolatable_row_by_row(
+def test_unstorable_rows_are_permanent_and_isolated_by_the_worker_delivery(
     sink: ClickHouseSink, chdb_client: Client, ch_database: str
 ) -> None:
     # DateTime64 columns store any year a device clock can show, so a row is unstorable only
@@ -132,12 +132,8 @@ def test_unstorable_rows_are_permanent_and_isolatable_row_by_row(
     assert raised.value.reason == "unencodable_text"
     assert raw_count(chdb_client, ch_database) == 0
 
-    rejected = []
-    for row in batch:
-        try:
-            sink.write_batch([row])
-        except PermanentSinkError:
-            rejected.append(row)
+    outcome = deliver(sink, batch)
+    rejected = [row for row, _ in outcome.rejected]
     assert rejected == [bad]
     assert count_events(chdb_client, ch_database) == 5
 

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 from infra.migrate import migrate_postgres
 from infra.postgres_server import PostgresServer
 from schemas.punch import EnrichedPunch
-from tests.factories import enriched
+from tests.factories import deliver, enriched
 from sinks.base import WriteResult
 from sinks.postgres import PostgresSink, open_pool
 from tapstream.errors import PermanentSinkError, TransientSinkError
@@ -104,7 +104,7 @@ def test_data_reads_back_as_written(sink: PostgresSink, pool: ConnectionPool) ->
     assert stored[0][3].tzinfo is None
 
 
-def test_a_rejected_row_fails_the_batch_whole_and_is_found_row_by_row(
+def test_a_rejected_row_fails_the_batch_whole_and_is_isolated_by_the_worker_delivery(
     sink: PostgresSink, pool: ConnectionPool
 ) -> None:
     bad = punch(99, raw="garbled\x00record")  # PostgreSQL text cannot hold NUL
@@ -114,12 +114,8 @@ def test_a_rejected_row_fails_the_batch_whole_and_is_found_row_by_row(
     assert raised.value.reason == "data_exception"
     assert count(pool) == 0  # nothing of the failed batch landed
 
-    rejected = []
-    for row in batch:
-        try:
-            sink.write_batch([row])
-        except PermanentSinkError:
-            rejected.append(row)
+    outcome = deliver(sink, batch)
+    rejected = [row for row, _ in outcome.rejected]
     assert rejected == [bad]
     assert count(pool) == 5
 
