@@ -21,6 +21,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from streams.catchup import start_positions
 from streams.stats import read_stats
 from tapstream.errors import TapstreamError
 
@@ -131,17 +132,7 @@ def wait_worker(stats_file: Path, worker: TapstreamProcess, events: int, timeout
 
 def group_lag(bootstrap: str, group: str, topic: str) -> int:
     """Messages of ``topic`` not yet committed by consumer group ``group``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
-        committed = consumer.committed(parts, timeout=10)
-        lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
+    return sum(end - start for start, end in start_positions(bootstrap, group, topic).values())
 
 
 def topic_ends(bootstrap: str, names: tuple[str, ...]) -> dict[str, int]:
