@@ -4,6 +4,7 @@
     attendance.unmatched  punches whose user code no employee has (yet); re-matched later
     attendance.dlq        records a sink or decoder rejected, with the reason and origin
     employees             HR's employee list, latest record per attendance code (compacted)
+    devices.status        each pull device's latest status, keyed by serial (compacted)
 
 Partition counts are never changed here: stream tables are partitioned like the raw topic,
 so a different count on an existing topic is reported, not "fixed".
@@ -51,7 +52,7 @@ def _retention(days: int, policy: str = "delete") -> dict[str, str]:
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """The four topics Tapstream runs on."""
+    """The topics Tapstream runs on."""
     long_days = max(topics.raw_retention_days, topics.dlq_retention_days)
     return [
         TopicSpec(topics.raw, topics.raw_partitions, _retention(topics.raw_retention_days)),
@@ -65,6 +66,9 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         # gives one total order of HR updates and nothing is lost in parallelism. Compaction
         # keeps the latest record per code forever; tombstones delete leavers.
         TopicSpec(topics.employees, topics.employees_partitions, {"cleanup.policy": "compact"}),
+        # The latest status per device is all a monitor needs: compacted, one partition so a
+        # reader sees every device's updates in the order they were published.
+        TopicSpec(topics.device_status, 1, {"cleanup.policy": "compact"}),
     ]
 
 

@@ -63,11 +63,11 @@ class PublisherLike(Protocol):
 ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
 
 
-def producer_config(settings: Settings, *, message_timeout_ms: int = 30_000) -> dict[str, Any]:
-    """The librdkafka configuration of the push publisher (stack-notes §4)."""
+def producer_config(settings: Settings, *, message_timeout_ms: int = 30_000, client_id: str = "tapstream-push") -> dict[str, Any]:
+    """The librdkafka configuration of a producer's publisher (stack-notes §4)."""
     return {
         "bootstrap.servers": settings.kafka.bootstrap,
-        "client.id": "tapstream-push",
+        "client.id": client_id,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 10,
@@ -137,9 +137,11 @@ class Publisher:
         backoff_max_s: float = 30.0,
         idle_tick_s: float = 1.0,
         shutdown_grace_s: float = 10.0,
+        name: str = "push",
     ) -> None:
         self._spool = spool
-        self._config = producer_config(settings, message_timeout_ms=message_timeout_ms)
+        self._name = name
+        self._config = producer_config(settings, message_timeout_ms=message_timeout_ms, client_id=f"tapstream-{name}")
         self._factory = producer_factory
         self._producer: ProducerLike | None = None
         self._batch = batch or settings.push.publish_batch
@@ -159,7 +161,7 @@ class Publisher:
     def start(self) -> None:
         """Create the producer and start draining in a daemon thread."""
         self._producer = self._new_producer()
-        self._thread = threading.Thread(target=self._run, name="push-publisher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self._name}-publisher", daemon=True)
         self._thread.start()
 
     def _new_producer(self) -> ProducerLike:

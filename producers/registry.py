@@ -28,9 +28,13 @@ from tapstream.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 DeviceKind = Literal["push", "pull"]
+Transport = Literal["tcp", "udp"]
+DEFAULT_PULL_PORT = 4370
 Loader = Callable[[], Iterable["DeviceInfo"]]
 
-_SELECT = "SELECT serial, name, kind, timezone, site, enabled FROM devices"
+_SELECT = (
+    "SELECT serial, name, kind, timezone, site, enabled, address, port, comm_key, transport FROM devices"
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,16 @@ class DeviceInfo:
     timezone: str
     site: str
     enabled: bool
+    # Pull devices only. Defaults keep snapshots written before these fields existed readable.
+    address: str | None = None
+    port: int | None = None
+    comm_key: int = 0
+    transport: str = "tcp"
+
+    @property
+    def pull_port(self) -> int:
+        """The port Tapstream connects to (4370 unless the registry says otherwise)."""
+        return self.port or DEFAULT_PULL_PORT
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,7 @@ class DeviceRow:
     timezone: str
     site: str
     enabled: bool
+    transport: str
 
 
 class Registry:
@@ -85,6 +100,10 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._devices)
+
+    def devices(self) -> Mapping[str, DeviceInfo]:
+        """Every known device by serial (a snapshot: later refreshes swap in a new map)."""
+        return self._devices
 
     def start(self) -> None:
         """Load the saved snapshot, refresh once now, then keep refreshing in a daemon thread."""
@@ -171,20 +190,27 @@ def add_device(
     address: str | None = None,
     port: int | None = None,
     comm_key: int = 0,
+    transport: Transport = "tcp",
 ) -> bool:
     """Insert or update a device; True when it was new. Raises ConfigError on bad values."""
     _validate(serial, kind, timezone, address)
+    if transport not in ("tcp", "udp"):
+        raise ConfigError(f"transport {transport!r} must be tcp or udp")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} must be 1-65535")
+    if not 0 <= comm_key <= 999_999_999:
+        raise ConfigError(f"comm key {comm_key} must be 0-999999999 (the device's numeric password)")
     row = conn.execute(
         """
-        INSERT INTO devices (serial, name, kind, address, port, comm_key, timezone, site)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        INSERT INTO devices (serial, name, kind, address, port, comm_key, timezone, site, transport)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (serial) DO UPDATE SET
             name = EXCLUDED.name, kind = EXCLUDED.kind, address = EXCLUDED.address,
             port = EXCLUDED.port, comm_key = EXCLUDED.comm_key, timezone = EXCLUDED.timezone,
-            site = EXCLUDED.site, updated_at = now()
+            site = EXCLUDED.site, transport = EXCLUDED.transport, updated_at = now()
         RETURNING (xmax = 0)
         """,
-        (serial, name, kind, address, port, comm_key, timezone, site),
+        (serial, name, kind, address, port, comm_key, timezone, site, transport),
     ).fetchone()
     conn.commit()
     return bool(row and row[0])
@@ -206,7 +232,7 @@ def _validate(serial: str, kind: str, timezone: str, address: str | None) -> Non
 def list_devices(conn: psycopg.Connection[Any]) -> list[DeviceRow]:
     """Every registered device, by serial."""
     query = (
-        "SELECT serial, name, kind, address, port, comm_key, timezone, site, enabled "
+        "SELECT serial, name, kind, address, port, comm_key, timezone, site, enabled, transport "
         "FROM devices ORDER BY serial"
     )
     return [DeviceRow(*row) for row in conn.execute(query)]

@@ -5,6 +5,10 @@ the publisher thread then drains rows into Kafka oldest first and deletes them (
 once Kafka has confirmed them. A crash between the two re-sends rows, it never loses them:
 events carry deterministic ids and every sink is idempotent.
 
+The same file keeps *marks*: small named values (a pull device's high-water mark) written in the
+same transaction as the records they describe, so a crash never leaves a mark ahead of the
+records it vouches for, nor records without their mark.
+
 Two connections share the file (WAL mode lets a reader and a writer work side by side):
 
 * the *append* connection runs with ``synchronous=FULL``, so a commit is on disk when
@@ -20,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     appended_at REAL    NOT NULL
 )
 """
+_MARKS = "CREATE TABLE IF NOT EXISTS marks (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Spool:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._append_db = _connect(path, "FULL", busy_timeout_s)
             self._append_db.execute(_SCHEMA)
+            self._append_db.execute(_MARKS)
             self._drain_db = _connect(path, "NORMAL", busy_timeout_s)
             (count,) = self._drain_db.execute("SELECT count(*) FROM outbox").fetchone()
         except (sqlite3.Error, OSError) as exc:
@@ -80,13 +86,13 @@ class Spool:
         self._closed = False
         logger.info("spool %s opened with %d rows waiting", path, count)
 
-    def append(self, records: Sequence[SpoolRecord]) -> None:
-        """Store ``records`` in one transaction; on return they are on disk (fsynced).
+    def append(self, records: Sequence[SpoolRecord], marks: Mapping[str, str] | None = None) -> None:
+        """Store ``records`` and set ``marks`` in one transaction; on return they are on disk.
 
         Raises SpoolError when the disk refuses (full, read-only, I/O error): the caller must
         then refuse the batch so the device keeps it.
         """
-        if not records:
+        if not records and not marks:
             return
         now = time.time()
         rows = [(topic, key, value, now) for topic, key, value in records]
@@ -95,12 +101,24 @@ class Spool:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany("INSERT INTO outbox (topic, key, value, appended_at) VALUES (?, ?, ?, ?)", rows)
+                if marks:
+                    db.executemany("INSERT OR REPLACE INTO marks (key, value) VALUES (?, ?)", marks.items())
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 _rollback(db)
                 raise SpoolError(f"cannot append {len(rows)} records to {self.path}: {exc}") from exc
         with self._count_lock:
             self._depth += len(rows)
+
+    def mark(self, key: str) -> str | None:
+        """The value last stored under ``key`` by ``append``, or None."""
+        with self._append_lock:
+            db = self._open(self._append_db)
+            try:
+                found = db.execute("SELECT value FROM marks WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise SpoolError(f"cannot read marks of {self.path}: {exc}") from exc
+        return None if found is None else str(found[0])
 
     def peek(self, limit: int) -> list[SpoolRow]:
         """The ``limit`` oldest rows, oldest first; they stay in the spool until acked."""

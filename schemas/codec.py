@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.device_status import DeviceStatus
 from schemas.employee import EmployeeRecord
 from schemas.punch import RawPunch
 from schemas.quarantine import QuarantineRecord, Reason
@@ -28,12 +29,14 @@ _UPGRADES: dict[type[BaseModel], dict[int, Upgrade]] = {
     RawPunch: {},
     QuarantineRecord: {},
     EmployeeRecord: {},
+    DeviceStatus: {},
 }
 
 CONTRACTS: dict[str, type[BaseModel]] = {
     "raw_punch": RawPunch,
     "quarantine": QuarantineRecord,
     "employee": EmployeeRecord,
+    "device_status": DeviceStatus,
 }
 
 

@@ -80,6 +80,9 @@ class RawPunch(BaseModel):
     source: PunchSource
     received_at: datetime = Field(description="when Tapstream received it, UTC")
     raw: str = Field(description="the record exactly as read (ADMS line, pull record)")
+    clock_offset_s: float | None = Field(
+        None, description="device clock minus true time when read, seconds (pull devices; None = unknown)"
+    )
 
     @field_validator("device_time")
     @classmethod
@@ -114,6 +117,7 @@ def make_raw_punch(
     raw: str,
     received_at: datetime,
     work_code: str = "",
+    clock_offset_s: float | None = None,
 ) -> RawPunch:
     """Build a punch, computing its event id and UTC time (raises ValueError if invalid)."""
     return RawPunch(
@@ -129,6 +133,7 @@ def make_raw_punch(
         source=source,
         received_at=received_at,
         raw=raw,
+        clock_offset_s=clock_offset_s,
     )
 
 

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from tapstream import logs
-from tapstream.commands import bench, demo, devices, employees, push, schema, stack, worker
+from tapstream.commands import bench, demo, devices, emulate, employees, pull, push, schema, stack, worker
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
 
@@ -26,7 +26,10 @@ app.add_typer(employees.app, name="employees")
 app.add_typer(devices.app, name="devices")
 app.add_typer(schema.app, name="schemas")
 app.add_typer(bench.app, name="bench")
+app.add_typer(emulate.app, name="emulate")
 app.command("push")(push.push)
+app.command("pull")(pull.pull)
+app.command("backfill")(pull.backfill)
 app.command("worker")(worker.worker)
 app.command("demo")(demo.demo)
 

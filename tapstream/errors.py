@@ -5,6 +5,7 @@
     ├── StackError             a local service could not be installed, started or stopped
     ├── ContractError          bytes or fields do not make a valid event (permanent: quarantine)
     ├── SpoolError             the producer's durable spool cannot be written (refuse the batch)
+    ├── DeviceError            a pull device failed to answer or answered nonsense (reconnect later)
     └── SinkError              a sink write failed
         ├── TransientSinkError network, server down, timeout, lock: retry the whole batch
         └── PermanentSinkError the data itself is rejected: dead-letter, never retry as is
@@ -39,6 +40,10 @@ class ContractError(TapstreamError):
 
 class SpoolError(TapstreamError):
     """The producer's spool could not durably store records."""
+
+
+class DeviceError(TapstreamError):
+    """A pull device is unreachable, refused us, or sent bytes that do not parse: retry later."""
 
 
 class SinkError(TapstreamError):

@@ -55,6 +55,7 @@ class TopicSettings(BaseModel):
     unmatched: str = "attendance.unmatched"
     dlq: str = "attendance.dlq"
     employees: str = "employees"
+    device_status: str = "devices.status"
     # Fixed for the life of a deployment: stream tables are partitioned like the raw topic.
     raw_partitions: int = 6
     # The employee map is small; one partition keeps its changelog and feed trivially aligned.
@@ -109,7 +110,24 @@ class DeviceSettings(BaseModel):
     """What is assumed about devices the registry does not describe."""
 
     default_timezone: str = Field("UTC", description="IANA zone for devices without one")
-    registry_refresh_s: float = Field(60.0, description="how often producers re-read the registry")
+    registry_refresh_s: float = Field(30.0, description="how often producers re-read the registry, seconds")
+
+
+class PullSettings(BaseModel):
+    """The pull producer (`tapstream pull`): how it talks to devices on port 4370 and when."""
+
+    timeout_s: float = Field(10.0, description="one device request waits this long, seconds")
+    live_tick_s: float = Field(1.0, description="live capture wakes this often to check its schedule, seconds")
+    catchup_interval_s: float = Field(300.0, description="log catch-up pass while live capture runs, seconds")
+    info_refresh_s: float = Field(300.0, description="refresh serial, firmware, counts and clock, seconds")
+    status_interval_s: float = Field(60.0, description="publish each device's status at least this often, seconds")
+    backoff_initial_s: float = Field(5.0, description="first reconnect delay after a failure, seconds")
+    backoff_max_s: float = Field(300.0, description="longest reconnect delay, seconds")
+    alert_after_failures: int = Field(5, description="consecutive failures before a device alert")
+    realtime_off_after_s: float = Field(
+        24 * 3600.0, description="a device failing this long is polled instead of live-captured, seconds"
+    )
+    publish_batch: int = Field(5000, description="spool rows handed to the Kafka producer per round")
 
 
 class WorkerSettings(BaseModel):
@@ -147,6 +165,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     push: PushSettings = PushSettings()
     devices: DeviceSettings = DeviceSettings()
+    pull: PullSettings = PullSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @model_validator(mode="after")

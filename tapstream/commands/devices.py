@@ -39,15 +39,19 @@ def add(
     address: str = typer.Option(None, "--address", help="IP or host name (pull devices)"),
     port: int = typer.Option(None, "--port", help="TCP port (pull devices, default 4370)"),
     comm_key: int = typer.Option(0, "--comm-key", help="communication password (pull devices)"),
+    transport: str = typer.Option("tcp", "--transport", help="tcp or udp (pull devices; some models speak only UDP)"),
 ) -> None:
     """Register a device, or update it when the serial is already registered."""
     if kind not in ("push", "pull"):
         raise fail(f"--kind must be push or pull, not {kind!r}")
+    if transport not in ("tcp", "udp"):
+        raise fail(f"--transport must be tcp or udp, not {transport!r}")
     device_kind: registry.DeviceKind = "push" if kind == "push" else "pull"
+    device_transport: registry.Transport = "udp" if transport == "udp" else "tcp"
     with _connection(ctx) as conn:
         created = registry.add_device(
             conn, serial=serial, kind=device_kind, timezone=timezone, name=name, site=site,
-            address=address, port=port, comm_key=comm_key,
+            address=address, port=port, comm_key=comm_key, transport=device_transport,
         )
     typer.echo(f"{'added' if created else 'updated'} {kind} device {serial} ({timezone})")
 
@@ -63,10 +67,19 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
     if not rows:
         typer.echo("no devices registered (tapstream devices add SERIAL --kind push --timezone Area/City)")
         return
-    typer.echo(f"{'serial':<20} {'kind':<5} {'enabled':<7} {'timezone':<22} {'site':<16} name")
+    typer.echo(f"{'serial':<20} {'kind':<5} {'enabled':<7} {'address':<26} {'timezone':<22} {'site':<16} name")
     for row in rows:
         enabled = "true" if row.enabled else "false"
-        typer.echo(f"{row.serial:<20} {row.kind:<5} {enabled:<7} {row.timezone:<22} {row.site:<16} {row.name}")
+        typer.echo(
+            f"{row.serial:<20} {row.kind:<5} {enabled:<7} {_address(row):<26} {row.timezone:<22} "
+            f"{row.site:<16} {row.name}"
+        )
+
+
+def _address(row: registry.DeviceRow) -> str:
+    if row.kind != "pull" or not row.address:
+        return "-"
+    return f"{row.transport}://{row.address}:{row.port or registry.DEFAULT_PULL_PORT}"
 
 
 def _set_enabled(ctx: typer.Context, serial: str, enabled: bool) -> None:
@@ -79,13 +92,13 @@ def _set_enabled(ctx: typer.Context, serial: str, enabled: bool) -> None:
 
 @app.command("enable")
 def enable(ctx: typer.Context, serial: str = typer.Argument(...)) -> None:
-    """Trust a device's punches again."""
+    """Trust a device's punches again (pull devices: collected again within a minute)."""
     _set_enabled(ctx, serial, True)
 
 
 @app.command("disable")
 def disable(ctx: typer.Context, serial: str = typer.Argument(...)) -> None:
-    """Send a device's punches to the dead-letter topic instead of the raw topic."""
+    """Stop trusting a device: pull devices are no longer collected, push uploads are quarantined."""
     _set_enabled(ctx, serial, False)
 
 

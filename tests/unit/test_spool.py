@@ -136,6 +136,29 @@ def test_disk_error_on_append_raises_spool_error(spool: Spool) -> None:
     assert spool.depth() == 1
 
 
+def test_marks_commit_with_their_records_and_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "pull.sqlite3"
+    first = Spool(path)
+    assert first.mark("pull:A") is None
+    first.append(records(3), marks={"pull:A": "3@x"})
+    first.append([], marks={"pull:B": "0@"})  # a mark alone is a transaction too
+    first.append(records(1), marks={"pull:A": "4@y"})
+    reopened = Spool(path)  # no close(): as after a crash
+    assert reopened.mark("pull:A") == "4@y" and reopened.mark("pull:B") == "0@"
+    assert reopened.depth() == 4
+    first.close()
+    reopened.close()
+
+
+def test_a_failed_append_moves_no_mark(spool: Spool) -> None:
+    spool.append(records(1), marks={"pull:A": "1@a"})
+    spool._append_db.execute("PRAGMA query_only = ON")
+    with pytest.raises(SpoolError):
+        spool.append(records(2), marks={"pull:A": "3@c"})
+    spool._append_db.execute("PRAGMA query_only = OFF")
+    assert spool.mark("pull:A") == "1@a" and spool.depth() == 1
+
+
 # --- publisher rounds, with a fake producer ---------------------------------------------------------
 
 class FakeError:

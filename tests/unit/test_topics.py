@@ -17,9 +17,15 @@ def by_name(specs: list[TopicSpec]) -> dict[str, TopicSpec]:
     return {s.name: s for s in specs}
 
 
-def test_default_specs_cover_the_four_topics() -> None:
+def test_default_specs_cover_every_topic() -> None:
     specs = by_name(topic_specs(TopicSettings()))
-    assert set(specs) == {"attendance.raw", "attendance.unmatched", "attendance.dlq", "employees"}
+    assert set(specs) == {"attendance.raw", "attendance.unmatched", "attendance.dlq", "employees", "devices.status"}
+
+
+def test_device_status_keeps_the_latest_per_device() -> None:
+    status = by_name(topic_specs(TopicSettings()))["devices.status"]
+    assert status.partitions == 1
+    assert status.config == {"cleanup.policy": "compact"}
 
 
 def test_raw_topic_is_the_replay_log() -> None:
@@ -83,13 +89,17 @@ def test_ensure_topics_creates_only_missing(monkeypatch: pytest.MonkeyPatch) -> 
     admin = FakeAdmin({"attendance.raw": 6, "__consumer_offsets": 8})
     monkeypatch.setattr(topics, "AdminClient", admin)
     states = ensure_topics("fake:9092", topic_specs(TopicSettings()))
-    assert sorted(t.topic for t in admin.created) == ["attendance.dlq", "attendance.unmatched", "employees"]
+    assert sorted(t.topic for t in admin.created) == [
+        "attendance.dlq", "attendance.unmatched", "devices.status", "employees"
+    ]
     assert {s.name: s.created for s in states}["attendance.raw"] is False
     assert all(s.created for s in states if s.name != "attendance.raw")
 
 
 def test_ensure_topics_reports_partition_mismatch_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    admin = FakeAdmin({"attendance.raw": 3, "attendance.unmatched": 6, "attendance.dlq": 6, "employees": 1})
+    admin = FakeAdmin({
+        "attendance.raw": 3, "attendance.unmatched": 6, "attendance.dlq": 6, "employees": 1, "devices.status": 1,
+    })
     monkeypatch.setattr(topics, "AdminClient", admin)
     with pytest.raises(StackError, match="attendance.raw has 3 partitions, settings say 6"):
         ensure_topics("fake:9092", topic_specs(TopicSettings()))
