@@ -74,7 +74,7 @@ class BenchRun:
 
     def topic_names(self) -> list[str]:
         t = self.settings.topics
-        return [t.raw, t.unmatched, t.dlq, t.employees]
+        return [t.raw, t.unmatched, t.dlq, t.employees, t.device_status]
 
     def worker_env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` plus the TAPSTREAM_* variables that point a worker at this run only."""
@@ -87,6 +87,7 @@ class BenchRun:
             f"{p}TOPICS__UNMATCHED": s.topics.unmatched,
             f"{p}TOPICS__DLQ": s.topics.dlq,
             f"{p}TOPICS__EMPLOYEES": s.topics.employees,
+            f"{p}TOPICS__DEVICE_STATUS": s.topics.device_status,
             f"{p}WORKER__APP_ID": s.worker.app_id,
             f"{p}WORKER__BATCH_MAX": str(s.worker.batch_max),
             f"{p}POSTGRES__DSN": self.dsn,
@@ -103,6 +104,7 @@ def plan_run(settings: Settings, options: BenchOptions, run_id: str | None = Non
     topics = t.model_copy(update={
         "raw": f"{t.raw}.{suffix}", "unmatched": f"{t.unmatched}.{suffix}",
         "dlq": f"{t.dlq}.{suffix}", "employees": f"{t.employees}.{suffix}",
+        "device_status": f"{t.device_status}.{suffix}",
     })
     worker = settings.worker.model_copy(update={
         "app_id": f"tapstream-{suffix}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from infra.bench import run_pipeline_bench
+from infra.bench_pull import FleetOptions, run_pull_fleet_bench, run_pull_log_bench
 from infra.bench_run import BenchOptions
 from tapstream.commands.common import emit_json, settings_of
 
@@ -42,3 +43,39 @@ def pipeline(
     result = run_pipeline_bench(settings_of(ctx), options, say=_say)
     emit_json(result)
     raise typer.Exit(0 if result["counts_match"] else 1)
+
+
+@app.command("pull-fleet")
+def pull_fleet(
+    ctx: typer.Context,
+    devices: int = typer.Option(1000, "--devices", min=1, help="emulated pull devices, all in one `tapstream pull`"),
+    rate: float = typer.Option(0.2, "--rate", min=0.0, help="punches per second per device while generating"),
+    duration: float = typer.Option(60.0, "--duration", min=1.0, help="seconds of punch generation"),
+    users: int = typer.Option(50, "--users", min=1, help="users enrolled on each device"),
+    log_size: int = typer.Option(20, "--log-size", min=0, help="records already in each device log"),
+    catchup: float = typer.Option(60.0, "--catchup", min=5.0, help="the producer's catch-up interval, seconds"),
+    base_port: int = typer.Option(30_000, "--base-port", help="first emulator port (device i gets base + i)"),
+    keep: bool = typer.Option(False, "--keep", help="keep the run's topics, schema and state"),
+) -> None:
+    """Keep N emulated devices in live capture; count missed punches, measure latency, CPU and memory.
+
+    Exit status 1 when any generated punch is missing from attendance.raw or an unknown one is there.
+    """
+    options = FleetOptions(devices=devices, rate_per_s=rate, duration_s=duration, users=users, log_size=log_size,
+                           catchup_s=catchup, base_port=base_port, keep=keep)
+    result = run_pull_fleet_bench(settings_of(ctx), options, say=_say)
+    emit_json(result)
+    raise typer.Exit(0 if result["missed"] == 0 and result["extra"] == 0 else 1)
+
+
+@app.command("pull-log")
+def pull_log(
+    ctx: typer.Context,
+    records: int = typer.Option(100_000, "--records", min=1, help="records in the emulated device's log"),
+    compare_pyzk: bool = typer.Option(False, "--compare-pyzk", help="also time pyzk's own get_attendance"),
+    keep: bool = typer.Option(False, "--keep", help="keep the run's topics, schema and state"),
+) -> None:
+    """Download an N-record device log through pyzk and produce it to Kafka; print the times."""
+    result = run_pull_log_bench(settings_of(ctx), records, _say, compare_pyzk=compare_pyzk, keep=keep)
+    emit_json(result)
+    raise typer.Exit(0 if result["in_raw_topic"] == records else 1)

@@ -33,6 +33,7 @@ from infra.postgres_server import PostgresServer
 from infra.stack import StackStatus, status
 from infra.topics import TopicSpec, ensure_topics
 from tapstream.settings import PostgresSettings, Settings
+from tests.integration.pipeline_helpers import Pipeline
 
 HERE = Path(__file__).parent
 STACK_UP_TIMEOUT_S = 900  # a cold CI machine resolves the broker jars with Maven first
@@ -199,3 +200,48 @@ def private_postgres(stack_settings: Settings) -> Iterator[Callable[[], Postgres
     for server, home in servers:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_bootstrap: str, fresh_topic: Callable[..., str], tmp_path: Path
+) -> Iterator[Callable[..., Pipeline]]:
+    """Factory ``make_pipeline(dsn, raw_partitions=2, **env) -> Pipeline``; processes stopped after."""
+    made: list[Pipeline] = []
+
+    def make(dsn: str, raw_partitions: int = 2, **env: str) -> Pipeline:
+        logs = tmp_path / "logs"
+        logs.mkdir(exist_ok=True)
+        pipeline = Pipeline(
+            bootstrap=kafka_bootstrap,
+            raw=fresh_topic(raw_partitions, prefix="e2e.raw"),
+            unmatched=fresh_topic(2, prefix="e2e.unmatched"),
+            dlq=fresh_topic(2, prefix="e2e.dlq"),
+            employees=fresh_topic(1, {"cleanup.policy": "compact"}, prefix="e2e.employees"),
+            device_status=fresh_topic(1, {"cleanup.policy": "compact"}, prefix="e2e.status"),
+            raw_partitions=raw_partitions,
+            app_id=f"e2e-{uuid.uuid4().hex[:12]}",
+            dsn=dsn,
+            state_dir=tmp_path / "state",
+            logs=logs,
+            env_overrides=env,
+        )
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        pipeline.stop_all()
+        print(pipeline.logs_text())  # shown by pytest only when the test failed
+    _delete_internal_topics(kafka_bootstrap, [p.app_id for p in made])
+
+
+def _delete_internal_topics(bootstrap: str, app_ids: list[str]) -> None:
+    """Drop the changelog topics Faust created for these app ids (best effort)."""
+    if not app_ids:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    names = [t for t in admin.list_topics(timeout=10).topics if any(t.startswith(a + "-") for a in app_ids)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=15).values():
+            future.exception(timeout=20)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from confluent_kafka import Consumer, Producer
@@ -38,6 +38,17 @@ from sinks.clickhouse import count_events, open_client
 from tests.factories import enriched
 
 REPO = Path(__file__).resolve().parents[2]
+# Pull producer timings for tests: seconds instead of minutes, so cycles and retries happen in a test's time.
+PULL_ENV = {
+    "TAPSTREAM_PULL__TIMEOUT_S": "3",
+    "TAPSTREAM_PULL__LIVE_TICK_S": "0.2",
+    "TAPSTREAM_PULL__CATCHUP_INTERVAL_S": "4",
+    "TAPSTREAM_PULL__INFO_REFRESH_S": "4",
+    "TAPSTREAM_PULL__STATUS_INTERVAL_S": "2",
+    "TAPSTREAM_PULL__BACKOFF_INITIAL_S": "0.5",
+    "TAPSTREAM_PULL__BACKOFF_MAX_S": "2",
+    "TAPSTREAM_DEVICES__REGISTRY_REFRESH_S": "1",
+}
 CLICKHOUSE_DATABASE = "tapstream"  # Settings().clickhouse.database
 
 
@@ -50,6 +61,7 @@ class Pipeline:
     unmatched: str
     dlq: str
     employees: str
+    device_status: str
     raw_partitions: int
     app_id: str
     dsn: str
@@ -69,12 +81,14 @@ class Pipeline:
             "TAPSTREAM_TOPICS__UNMATCHED": self.unmatched,
             "TAPSTREAM_TOPICS__DLQ": self.dlq,
             "TAPSTREAM_TOPICS__EMPLOYEES": self.employees,
+            "TAPSTREAM_TOPICS__DEVICE_STATUS": self.device_status,
             "TAPSTREAM_TOPICS__RAW_PARTITIONS": str(self.raw_partitions),
             "TAPSTREAM_POSTGRES__DSN": self.dsn,
             "TAPSTREAM_WORKER__APP_ID": self.app_id,
             "TAPSTREAM_WORKER__STORE": "memory://",
             "TAPSTREAM_WORKER__BATCH_WITHIN_S": "0.3",
             "TAPSTREAM_WORKER__RETRY_MAX_S": "2",
+            **PULL_ENV,
         })
         env.update(self.env_overrides)
         return env
@@ -93,6 +107,13 @@ class Pipeline:
         self.processes.append(process)
         return process
 
+    def run(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run `tapstream <args>` to completion with this pipeline's settings."""
+        return subprocess.run(
+            [sys.executable, "-m", "tapstream", *args], env=self.env(), cwd=self.logs,
+            capture_output=True, text=True, timeout=timeout_s, check=False,
+        )
+
     def start_worker(self, name: str = "worker", timeout_s: float = 60) -> TapstreamProcess:
         """Start a worker and wait until it has written its first stats (its own, by pid)."""
         worker = self.start(name, "worker")
@@ -106,6 +127,27 @@ class Pipeline:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _answers(base + "/healthz"), timeout_s, "the push endpoint to listen", push)
         return push, base
+
+    @property
+    def pull_status_file(self) -> Path:
+        return self.state_dir / "pull" / "status.json"
+
+    def start_pull(self, name: str = "pull", timeout_s: float = 60) -> TapstreamProcess:
+        """Start `tapstream pull` and wait until it has written its own status file."""
+        pull = self.start(name, "pull")
+        wait_for(lambda: self.pull_status(pull.pid) is not None, timeout_s, f"{name} to start", pull)
+        return pull
+
+    def pull_status(self, pid: int | None = None) -> dict[str, Any] | None:
+        """Device statuses from the pull producer's status file (of process ``pid`` if given)."""
+        try:
+            document = json.loads(self.pull_status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if pid is not None and document.get("pid") != pid:
+            return None
+        devices: dict[str, Any] = document["devices"]
+        return devices
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -159,6 +201,13 @@ def request(base_url: str, path: str, body: bytes | None = None, timeout_s: floa
 def register_device(dsn: str, serial: str, timezone: str) -> None:
     with psycopg.connect(dsn) as conn:
         add_device(conn, serial=serial, kind="push", timezone=timezone, name=serial, site="test")
+
+
+def register_pull_device(dsn: str, serial: str, port: int, timezone: str = "UTC", *, comm_key: int = 0,
+                         transport: Literal["tcp", "udp"] = "tcp") -> None:
+    with psycopg.connect(dsn) as conn:
+        add_device(conn, serial=serial, kind="pull", timezone=timezone, name=serial, site="test",
+                   address="127.0.0.1", port=port, comm_key=comm_key, transport=transport)
 
 
 def employees(codes: Iterable[str]) -> list[EmployeeRecord]:

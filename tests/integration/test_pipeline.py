@@ -9,16 +9,13 @@ printed when a test fails.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from itertools import zip_longest
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from infra.employees import publish_employees
 from infra.harness import group_lag, wait_drained, wait_http, wait_worker, worker_stats
@@ -38,50 +35,6 @@ if TYPE_CHECKING:
 
 KNOWN = [str(2001 + n) for n in range(30)]
 BERLIN = "Europe/Berlin"
-
-
-@pytest.fixture
-def make_pipeline(
-    kafka_bootstrap: str, fresh_topic: Callable[..., str], tmp_path: Path
-) -> Iterator[Callable[..., Pipeline]]:
-    """Factory ``make_pipeline(dsn, raw_partitions=2, **env) -> Pipeline``; processes stopped after."""
-    made: list[Pipeline] = []
-
-    def make(dsn: str, raw_partitions: int = 2, **env: str) -> Pipeline:
-        logs = tmp_path / "logs"
-        logs.mkdir(exist_ok=True)
-        pipeline = Pipeline(
-            bootstrap=kafka_bootstrap,
-            raw=fresh_topic(raw_partitions, prefix="e2e.raw"),
-            unmatched=fresh_topic(2, prefix="e2e.unmatched"),
-            dlq=fresh_topic(2, prefix="e2e.dlq"),
-            employees=fresh_topic(1, {"cleanup.policy": "compact"}, prefix="e2e.employees"),
-            raw_partitions=raw_partitions,
-            app_id=f"e2e-{uuid.uuid4().hex[:12]}",
-            dsn=dsn,
-            state_dir=tmp_path / "state",
-            logs=logs,
-            env_overrides=env,
-        )
-        made.append(pipeline)
-        return pipeline
-
-    yield make
-    for pipeline in made:
-        pipeline.stop_all()
-        print(pipeline.logs_text())  # shown by pytest only when the test failed
-    _delete_internal_topics(kafka_bootstrap, [p.app_id for p in made])
-
-
-def _delete_internal_topics(bootstrap: str, app_ids: list[str]) -> None:
-    """Drop the changelog topics Faust created for these app ids (best effort)."""
-    if not app_ids:
-        return
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    names = [t for t in admin.list_topics(timeout=10).topics if any(t.startswith(a + "-") for a in app_ids)]
-    if names:
-        for future in admin.delete_topics(names, operation_timeout=15).values():
-            future.exception(timeout=20)
 
 
 def attlog(lines: list[str], newline: str = "\r\n") -> bytes:
