@@ -120,7 +120,7 @@ def test_a_run_is_isolated_by_name(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, _env_file=None)
     run = plan_run(settings, BenchOptions(events=10, batch_max=1000), run_id="20260101000000-abc123")
     assert run.settings.topics.raw == "attendance.raw.bench-20260101000000-abc123"
-    assert len(set(run.topic_names())) == 4 and all(n.endswith("bench-20260101000000-abc123") for n in run.topic_names())
+    assert len(set(run.topic_names())) == 5 and all(n.endswith("bench-20260101000000-abc123") for n in run.topic_names())
     assert run.settings.worker.app_id == "tapstream-bench-20260101000000-abc123"
     assert run.settings.worker.batch_max == 1000
     assert run.folder == tmp_path / "bench" / "20260101000000-abc123"
