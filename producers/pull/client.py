@@ -75,7 +75,8 @@ class PullClient:
         device_time = self._call("read the clock", self._zk.get_time)
         after = datetime.now(UTC)
         middle = before + (after - before) / 2  # the device read its clock about then
-        offset = (resolve_utc(device_time, timezone) - middle).total_seconds()
+        # The clock is read in whole seconds: its true reading lies in [t, t + 1), centre it.
+        offset = (resolve_utc(device_time, timezone) - middle).total_seconds() + 0.5
         zk = self._zk
         return DeviceFacts(
             str(serial), str(firmware), str(platform), int(zk.users), int(zk.users_cap),

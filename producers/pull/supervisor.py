@@ -74,14 +74,18 @@ class Supervisor:
     def workers(self) -> list[DeviceWorker]:
         return [worker for _info, worker, _thread in self._workers.values()]
 
-    def run(self, stop: threading.Event, *, reconcile_s: float = 5.0) -> None:
-        """Reconcile and write the status file until ``stop`` is set; then stop every worker."""
+    def run(self, stop: threading.Event, *, reconcile_s: float = 5.0, status_s: float = 1.0) -> None:
+        """Reconcile every ``reconcile_s`` and write the status file every ``status_s`` seconds
+        until ``stop`` is set; then stop every worker."""
         threading.stack_size(THREAD_STACK_BYTES)
+        next_reconcile = 0.0
         try:
             while True:
-                self.reconcile()
+                if time.monotonic() >= next_reconcile:
+                    self.reconcile()
+                    next_reconcile = time.monotonic() + reconcile_s
                 self.write_status()
-                if stop.wait(reconcile_s):
+                if stop.wait(status_s):
                     break
         finally:
             self.shutdown()
