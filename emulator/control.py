@@ -37,6 +37,7 @@ def record_json(serial: str, record: LogRecord) -> dict[str, object]:
         "index": record.index, "uid": record.uid, "user_code": record.user_code,
         "device_time": record.device_time.isoformat(), "state": record.state, "verify": record.verify,
         "event_id": str(compute_event_id(serial, record.user_code, record.device_time, record.state)),
+        "recorded_at": record.recorded_at,
     }
 
 

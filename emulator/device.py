@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +25,8 @@ from emulator.records import LogRecord as LogRecord
 from emulator.records import RecordExport, Snapshot, UserTable
 
 logger = logging.getLogger(__name__)
+
+RECORDED_AT_KEPT = 100_000  # per device: punch times kept for latency measurements
 
 __all__ = ["Device", "DeviceConfig", "FaultKind", "LogRecord", "RecordExport", "Snapshot"]
 
@@ -122,6 +125,8 @@ class Device:
              "reboots", "bad_packets"), 0)
         self._size = config.record_format
         self._history = bytearray()
+        # When each live punch happened (true time): what a tap-to-Kafka latency is measured from.
+        self._recorded_at: dict[int, float] = {}
         self._count = 0
         self._log_start = 0
         self._recent: dict[int, _Recent] = {}
@@ -184,6 +189,11 @@ class Device:
             self.counters["duplicates_refused"] += 1
             return None
         record = self._append(uid, *slot)
+        now = time.time()
+        self._recorded_at[record.index] = now
+        if len(self._recorded_at) > RECORDED_AT_KEPT:
+            del self._recorded_at[next(iter(self._recorded_at))]  # the oldest: bounded memory
+        record = dataclasses.replace(record, recorded_at=now)
         for deliver in list(self.live):
             deliver(record)
         return record
@@ -283,7 +293,7 @@ class Device:
         """The log (or whole history) as bytes plus the user maps, to decode off the loop."""
         first = 0 if generated else self._log_start
         data = bytes(self._history[first * self._size : self._count * self._size])
-        return RecordExport(self._size, first, data, self.users.codes())
+        return RecordExport(self._size, first, data, self.users.codes(), dict(self._recorded_at))
 
     def records(self) -> list[LogRecord]:
         """The log as it stands (after wrap and clear)."""

@@ -19,6 +19,7 @@ class LogRecord:
     device_time: datetime  # naive device wall clock, second precision
     state: int  # attendance state (0 in, 1 out, 4 OT-in, 5 OT-out ...)
     verify: int  # verify method
+    recorded_at: float | None = None  # epoch seconds when punched live (None for preloaded records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +40,19 @@ class RecordExport:
     first_index: int
     data: bytes
     codes: dict[int, str]  # uid -> user code
+    recorded_at: dict[int, float] | None = None  # history index -> epoch seconds of live punches
 
     def decode(self) -> list[LogRecord]:
         """Turn the bytes into LogRecords with their history indexes."""
         uids = {code: uid for uid, code in self.codes.items()}
+        times = self.recorded_at or {}
         out: list[LogRecord] = []
         for i, raw in enumerate(protocol.decode_records(self.record_format, self.data)):
             code = raw.user_code if raw.user_code is not None else self.codes.get(raw.uid or 0, str(raw.uid))
             uid = raw.uid if raw.uid is not None else uids.get(code, 0)
             t = protocol.decode_time(raw.packed_time)
-            out.append(LogRecord(self.first_index + i, uid, code, t, raw.state, raw.verify))
+            index = self.first_index + i
+            out.append(LogRecord(index, uid, code, t, raw.state, raw.verify, times.get(index)))
         return out
 
 

@@ -3,7 +3,8 @@
 One *cycle* is one connection: connect (and authenticate), read what the device says about
 itself, catch up (download the log, produce what is after the durable high-water mark), then
 live capture until the next catch-up is due (``pull.catchup_interval_s`` /
-``pull.info_refresh_s``, whichever is sooner). The connection is then dropped and the next cycle
+``pull.info_refresh_s``, whichever is sooner, shortened at random by up to a quarter so that a
+fleet started together spreads its catch-ups over the interval). The connection is then dropped and the next cycle
 starts. The periodic catch-up is what makes a silently dead live capture harmless: every punch
 is in the device log, and the log is read again every few minutes.
 
@@ -16,6 +17,7 @@ device's punches reach Kafka once. Anything that goes wrong ends the cycle as a 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
@@ -163,7 +165,9 @@ class DeviceWorker:
                 self._live_ids -= covered
 
     def _live(self, client: Any) -> None:
-        cycle_s = min(self._pull.catchup_interval_s, self._pull.info_refresh_s)
+        # A random 75-100 % of the interval: devices started together would otherwise all
+        # reconnect and download at the same moment, every interval, forever.
+        cycle_s = min(self._pull.catchup_interval_s, self._pull.info_refresh_s) * random.uniform(0.75, 1.0)
         now = time.monotonic()
         cycle_ends, next_status = now + cycle_s, now + self._pull.status_interval_s
         leaving = False
