@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from producers.pull.records import decode_packed_time
+
 # command codes the emulator answers (§5.1)
 CMD_DB_RRQ = 7
 CMD_USERTEMP_RRQ = 9
@@ -175,14 +177,9 @@ def encode_time(t: datetime) -> int:
     return days * 86400 + (t.hour * 60 + t.minute) * 60 + t.second
 
 
-def decode_time(value: int) -> datetime:
-    """Inverse of encode_time; raises ValueError for impossible dates (e.g. 31 February)."""
-    second, value = value % 60, value // 60
-    minute, value = value % 60, value // 60
-    hour, value = value % 24, value // 24
-    day, value = value % 31 + 1, value // 31
-    month, year = value % 12 + 1, value // 12 + 2000
-    return datetime(year, month, day, hour, minute, second)
+# The inverse of encode_time is the pull producer's own decoder (one reading of the format for
+# both sides); raises ValueError for impossible dates such as 31 February.
+decode_time = decode_packed_time
 
 
 def timehex(t: datetime) -> bytes:

@@ -20,6 +20,7 @@ import json
 import os
 import time
 import urllib.request
+from datetime import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,9 @@ def run_pull_fleet_bench(settings: Settings, options: FleetOptions, say: Say) ->
     say(f"  generated {figures['generated']}, produced {figures['produced_distinct']} distinct: "
         f"missed {figures['missed']}, extra {figures['extra']}, duplicates {figures['duplicates']}; "
         f"live {figures['live']} / catch-up {figures['catch_up']}; live latency p50 {figures['latency_ms']['p50']} ms "
-        f"p99 {figures['latency_ms']['p99']} ms; producer CPU {usage['cpu_percent']}% of one core, "
+        f"p99 {figures['latency_ms']['p99']} ms (emulator -> producer p99 "
+        f"{figures['latency_tap_to_producer_ms']['p99']} ms, producer -> raw p99 "
+        f"{figures['latency_producer_to_raw_ms']['p99']} ms); producer CPU {usage['cpu_percent']}% of one core, "
         f"RSS max {usage['rss_mib_max']} MiB")
     return result
 
@@ -212,12 +215,13 @@ def _generated(control: str, devices: int) -> dict[str, float]:
     return out
 
 
-def _read_raw(run: BenchRun, expected: int, timeout_s: float = 120) -> list[tuple[str, str, int]]:
-    """(event id, source, broker append time in ms) of every message in the run's raw topic."""
+def _read_raw(run: BenchRun, expected: int, timeout_s: float = 120) -> list[tuple[str, str, int, float]]:
+    """(event id, source, broker append time in ms, producer receive time in epoch s) of every
+    message in the run's raw topic."""
     consumer = Consumer({"bootstrap.servers": run.settings.kafka.bootstrap, "group.id": f"bench-read-{run.run_id}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([run.settings.topics.raw])
-    found: list[tuple[str, str, int]] = []
+    found: list[tuple[str, str, int, float]] = []
     deadline, quiet_until = time.monotonic() + timeout_s, None
     try:
         while time.monotonic() < deadline:
@@ -229,17 +233,22 @@ def _read_raw(run: BenchRun, expected: int, timeout_s: float = 120) -> list[tupl
                     break
                 continue
             event = json.loads(msg.value() or b"{}")
-            found.append((event["event_id"], event["source"], msg.timestamp()[1]))
+            received = datetime.fromisoformat(event["received_at"]).timestamp()
+            found.append((event["event_id"], event["source"], msg.timestamp()[1], received))
     finally:
         consumer.close()
     return found
 
 
-def _compare(generated: dict[str, float], produced: list[tuple[str, str, int]]) -> dict[str, Any]:
-    first: dict[str, tuple[str, int]] = {}
-    for event_id, source, appended_ms in produced:
-        first.setdefault(event_id, (source, appended_ms))
-    live = [first[e][1] / 1000 - at for e, at in generated.items() if e in first and first[e][0] == "pull-live" and at]
+def _compare(generated: dict[str, float], produced: list[tuple[str, str, int, float]]) -> dict[str, Any]:
+    first: dict[str, tuple[str, int, float]] = {}
+    for event_id, source, appended_ms, received in produced:
+        first.setdefault(event_id, (source, appended_ms, received))
+    live_ids = [e for e, at in generated.items() if e in first and first[e][0] == "pull-live" and at]
+    # tap -> raw = emulator record time -> broker append; split at the producer's receive time
+    live = [first[e][1] / 1000 - generated[e] for e in live_ids]
+    device_part = [first[e][2] - generated[e] for e in live_ids]
+    producer_part = [first[e][1] / 1000 - first[e][2] for e in live_ids]
     return {
         "generated": len(generated), "produced_messages": len(produced), "produced_distinct": len(first),
         "missed": len(set(generated) - set(first)), "extra": len(set(first) - set(generated)),
@@ -247,6 +256,8 @@ def _compare(generated: dict[str, float], produced: list[tuple[str, str, int]]) 
         "live": sum(1 for e in generated if e in first and first[e][0] == "pull-live"),
         "catch_up": sum(1 for e in generated if e in first and first[e][0] == "pull-poll"),
         "latency_ms": percentiles([1000 * x for x in live]),
+        "latency_tap_to_producer_ms": percentiles([1000 * x for x in device_part]),
+        "latency_producer_to_raw_ms": percentiles([1000 * x for x in producer_part]),
     }
 
 

@@ -1,9 +1,10 @@
 """`tapstream demo`: the whole pipeline on the embedded default, checked against expectations.
 
 Brings the stack up, registers three push devices, imports an HR list, starts the worker and
-the ADMS endpoint as real processes, plays a simulated morning (infra.simulate), waits until
-everything is carried through, then reads every store and compares with what the scenario
-says must be there. Each run simulates an earlier morning, so runs never collide.
+the ADMS endpoint as real processes, plays a simulated morning (infra.simulate), then serves two
+emulated pull terminals to `tapstream pull` (infra.demo_pull), waits until everything is
+carried through, then reads every store and compares with what the scenario and the terminals
+say must be there. Each run simulates an earlier morning, so runs never collide.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 
 from infra import stack
+from infra.demo_pull import play_pull
 from infra.employees import import_employees
 from infra.harness import (
     TapstreamProcess, free_port, group_lag, topic_ends, wait_drained, wait_http, wait_worker, worker_stats,
@@ -47,6 +49,8 @@ class Observed:
     unmatched: int
     postgres: int
     clickhouse: int
+    pull_postgres: int
+    pull_clickhouse: int
 
 
 def run_demo(settings: Settings, say: Any = print) -> bool:
@@ -71,9 +75,12 @@ def run_demo(settings: Settings, say: Any = print) -> bool:
             replies = post_scenario(base, scenario)
             wait_drained(base, 60)
         final = wait_worker(stats_file, worker, baseline.get("consumed", 0) + scenario.expected.raw_messages, 120)
+        after_push = _topic_ends(settings)
+        pulled = play_pull(settings, logs, say)
+        wait_worker(stats_file, worker, final.get("consumed", 0) + len(pulled.event_ids), 120)
     # After the worker has stopped: the embedded ClickHouse store is free to open.
-    observed = _observe(settings, offsets, baseline, final, since, replies)
-    return _report(scenario.expected, observed, day, say)
+    observed = _observe(settings, offsets, after_push, baseline, final, since, replies, pulled.serials)
+    return _report(scenario.expected, len(pulled.event_ids), observed, day, say)
 
 
 def _next_morning(settings: Settings) -> tuple[date, int]:
@@ -122,11 +129,27 @@ def _topic_ends(settings: Settings) -> dict[str, int]:
 
 
 def _observe(
-    settings: Settings, before: dict[str, int], baseline: dict[str, Any], stats: dict[str, Any],
-    since: datetime, replies: list[str],
+    settings: Settings, before: dict[str, int], after: dict[str, int], baseline: dict[str, Any],
+    stats: dict[str, Any], since: datetime, replies: list[str], pull_serials: list[str],
 ) -> Observed:
-    after = _topic_ends(settings)
-    serials = [d.serial for d in DEVICES]
+    push_rows = _rows(settings, [d.serial for d in DEVICES], since)
+    pull_rows = _rows(settings, pull_serials, since)
+    return Observed(
+        accepted=sum(int(r.split(":")[1]) for r in replies if r.startswith("OK:")),
+        raw=after[settings.topics.raw] - before[settings.topics.raw],
+        dlq=after[settings.topics.dlq] - before[settings.topics.dlq],
+        unmatched_topic=after[settings.topics.unmatched] - before[settings.topics.unmatched],
+        duplicates=int(stats.get("duplicates", 0)) - int(baseline.get("duplicates", 0)),
+        unmatched=int(stats.get("unmatched", 0)) - int(baseline.get("unmatched", 0)),
+        postgres=push_rows[0],
+        clickhouse=push_rows[1],
+        pull_postgres=pull_rows[0],
+        pull_clickhouse=pull_rows[1],
+    )
+
+
+def _rows(settings: Settings, serials: list[str], since: datetime) -> tuple[int, int]:
+    """Rows of these devices received since ``since``: (PostgreSQL, ClickHouse FINAL)."""
     with psycopg.connect(settings.postgres.effective_dsn()) as conn:
         row = conn.execute(
             "SELECT count(*) FROM attendance_records WHERE device_serial = ANY(%s) AND received_at >= %s", (serials, since)
@@ -140,19 +163,10 @@ def _observe(
         )
     finally:
         client.close()
-    return Observed(
-        accepted=sum(int(r.split(":")[1]) for r in replies if r.startswith("OK:")),
-        raw=after[settings.topics.raw] - before[settings.topics.raw],
-        dlq=after[settings.topics.dlq] - before[settings.topics.dlq],
-        unmatched_topic=after[settings.topics.unmatched] - before[settings.topics.unmatched],
-        duplicates=int(stats.get("duplicates", 0)) - int(baseline.get("duplicates", 0)),
-        unmatched=int(stats.get("unmatched", 0)) - int(baseline.get("unmatched", 0)),
-        postgres=int(row[0]) if row else 0,
-        clickhouse=int(str(ch)),
-    )
+    return (int(row[0]) if row else 0), int(str(ch))
 
 
-def _report(exp: Expected, obs: Observed, day: date, say: Any) -> bool:
+def _report(exp: Expected, pulled: int, obs: Observed, day: date, say: Any) -> bool:
     lines_sent = exp.raw_messages + exp.quarantined
     checks = [
         ("ADMS lines acknowledged to devices (OK: n)", lines_sent, obs.accepted),
@@ -163,6 +177,8 @@ def _report(exp: Expected, obs: Observed, day: date, say: Any) -> bool:
         ("...of which counted by the worker", exp.unmatched, obs.unmatched),
         ("PostgreSQL attendance_records (new rows)", exp.matched, obs.postgres),
         ("ClickHouse attendance_events FINAL (new rows)", exp.matched, obs.clickhouse),
+        ("pull devices: punches recorded -> PostgreSQL rows", pulled, obs.pull_postgres),
+        ("pull devices: punches recorded -> ClickHouse FINAL", pulled, obs.pull_clickhouse),
     ]
     say(f"\nTapstream demo - the morning of {day}")
     say(f"{'':52} {'expected':>9} {'observed':>9}")
