@@ -128,3 +128,13 @@ def test_a_cleared_log_is_produced_again_from_the_start() -> None:
     cleared = [b"new-0", b"new-1"]
     resume = resume_point(cleared, mark_after(LOG))
     assert resume.start == 0 and "cleared" in resume.why
+
+
+def test_backfill_selects_by_device_time_and_keeps_bad_records_only_for_the_whole_log() -> None:
+    from producers.pull.backfill import select_since
+
+    good = [LogEntry(i, b"r%d" % i, "1001", T1.replace(minute=i), 0, 1) for i in range(5)]
+    bad = BadEntry(5, b"\xff", Reason.BAD_TIMESTAMP, "x")
+    log = [*good, bad]
+    assert select_since(log, None) == log
+    assert select_since(log, T1.replace(minute=3)) == good[3:]

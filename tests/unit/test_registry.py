@@ -108,8 +108,31 @@ class NoDatabase:
         ({"serial": "X1", "kind": "cloud", "timezone": "UTC"}, "kind"),
         ({"serial": "X1", "kind": "push", "timezone": "Asia/Dacca_City"}, "IANA"),
         ({"serial": "X1", "kind": "pull", "timezone": "UTC"}, "address"),
+        ({"serial": "X1", "kind": "pull", "timezone": "UTC", "address": "10.0.0.9", "transport": "ssh"}, "tcp or udp"),
+        ({"serial": "X1", "kind": "pull", "timezone": "UTC", "address": "10.0.0.9", "port": 70000}, "port"),
+        ({"serial": "X1", "kind": "pull", "timezone": "UTC", "address": "10.0.0.9", "comm_key": -1}, "comm key"),
     ],
 )
 def test_add_device_validates(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         add_device(NoDatabase(), **kwargs)  # type: ignore[arg-type]  # a fake connection
+
+
+def test_snapshots_written_before_pull_fields_existed_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "devices.json"
+    path.write_text(json.dumps([{"serial": "A1", "name": "Gate", "kind": "push", "timezone": "Asia/Dhaka",
+                                 "site": "HQ", "enabled": True}]))
+    registry = Registry(Source(), snapshot_path=path)
+    registry._devices = registry._read_snapshot()
+    assert registry.lookup("A1") == DHAKA
+    assert DHAKA.pull_port == 4370 and DHAKA.transport == "tcp" and DHAKA.comm_key == 0
+
+
+def test_pull_fields_round_trip_through_the_snapshot(tmp_path: Path) -> None:
+    gate = DeviceInfo("P1", "Gate", "pull", "UTC", "HQ", True, "10.0.0.9", 4371, 123456, "udp")
+    path = tmp_path / "devices.json"
+    first = Registry(Source(gate), snapshot_path=path)
+    first.refresh()
+    second = Registry(Source(), snapshot_path=path)
+    second._devices = second._read_snapshot()
+    assert second.devices() == {"P1": gate} and gate.pull_port == 4371
