@@ -94,7 +94,7 @@ def test_pull_devices_land_exactly_once_through_drops_reboots_and_a_killed_produ
 
         punch_all(fleet, serials, 10)  # live capture
         fleet.inject("PULL-A", FaultKind.DROP)  # next request of A's producer: connection closed
-        fleet.reboot("PULL-B", down_s=2.0)
+        fleet.reboot("PULL-B", down_s=6.0)  # longer than a cycle: the next connect finds it down
         punch_all(fleet, serials, 5)
         pull.kill()  # SIGKILL mid-live: whatever was not spooled is still in the device logs
         punch_all(fleet, serials, 5)

@@ -25,6 +25,9 @@ from infra.topics import TopicSpec, ensure_topics, topic_specs
 from tapstream.errors import StackError
 from tapstream.settings import SUPPORTED_KAFKA_VERSIONS, Settings
 
+# Written out, not globbed: adding a migration is a decision this test should be told about.
+POSTGRES_MIGRATIONS = ["0001_foundation", "0002_pull_devices"]
+
 pytestmark = pytest.mark.integration
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -175,6 +178,10 @@ def test_storage_of_another_version_is_refused(private_kafka: Callable[..., Kafk
 def test_private_postgres_starts_migrates_and_stops(private_postgres: Callable[[], PostgresServer]) -> None:
     server = private_postgres()
     with psycopg.connect(server.dsn) as conn:
-        assert migrate_postgres(conn) == ["0001_foundation"]
+        assert migrate_postgres(conn) == POSTGRES_MIGRATIONS  # a fresh server gets every one, in order
+        assert migrate_postgres(conn) == []
+        columns = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'devices'")}
+    assert {"serial", "kind", "address", "port", "comm_key", "timezone", "site", "transport"} <= columns
     server.stop()
     assert not server.is_running()
