@@ -20,7 +20,7 @@ import psycopg
 from emulator.device import DeviceConfig, FaultKind
 from emulator.fleet import ThreadedFleet
 from infra.harness import TapstreamProcess
-from producers.registry import add_device
+from producers.registry import add_device, remove_device
 from schemas.punch import compute_event_id
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
@@ -52,20 +52,27 @@ def play_pull(settings: Settings, logs: Path, say: Any) -> PullOutcome:
     """Serve the terminals, run `tapstream pull` until their punches are spooled into Kafka."""
     with ThreadedFleet(PULL_DEVICES) as fleet:
         _register(settings, fleet)
-        with TapstreamProcess(["pull"], logs / "pull.log", env={**os.environ, **DEMO_PULL_ENV}) as pull:
-            _wait_live(settings, pull, 60)
-            say(f"pull devices live: {', '.join(c.serial for c in PULL_DEVICES)} (logs of "
-                f"{' and '.join(str(c.log_size) for c in PULL_DEVICES)} records caught up)")
-            fleet.inject("DEMO-PULL-04", FaultKind.DROP, on_command=1000)  # its next connect: line dead
-            for _ in range(LIVE_PUNCHES):
-                for config in PULL_DEVICES:
-                    fleet.punch(config.serial)
-                time.sleep(0.1)
-            ids = {
-                str(compute_event_id(c.serial, r.user_code, r.device_time, r.state))
-                for c in PULL_DEVICES for r in fleet.generated(c.serial)
-            }
-            _wait_spooled_out(settings, pull, 60)
+        try:
+            return _collect(settings, fleet, logs, say)
+        finally:
+            _unregister(settings)  # the terminals end with the demo: a later `tapstream pull` must not chase them
+
+
+def _collect(settings: Settings, fleet: ThreadedFleet, logs: Path, say: Any) -> PullOutcome:
+    with TapstreamProcess(["pull"], logs / "pull.log", env={**os.environ, **DEMO_PULL_ENV}) as pull:
+        _wait_live(settings, pull, 60)
+        say(f"pull devices live: {', '.join(c.serial for c in PULL_DEVICES)} (logs of "
+            f"{' and '.join(str(c.log_size) for c in PULL_DEVICES)} records caught up)")
+        fleet.inject("DEMO-PULL-04", FaultKind.DROP, on_command=1000)  # its next connect: line dead
+        for _ in range(LIVE_PUNCHES):
+            for config in PULL_DEVICES:
+                fleet.punch(config.serial)
+            time.sleep(0.1)
+        ids = {
+            str(compute_event_id(c.serial, r.user_code, r.device_time, r.state))
+            for c in PULL_DEVICES for r in fleet.generated(c.serial)
+        }
+        _wait_spooled_out(settings, pull, 60)
     return PullOutcome([c.serial for c in PULL_DEVICES], ids)
 
 
@@ -75,6 +82,12 @@ def _register(settings: Settings, fleet: ThreadedFleet) -> None:
             add_device(conn, serial=c.serial, kind="pull", timezone=c.timezone, name=c.serial, site="Demo",
                        address="127.0.0.1", port=fleet.port(c.serial), comm_key=c.comm_key,
                        transport="udp" if c.serial in UDP else "tcp")
+
+
+def _unregister(settings: Settings) -> None:
+    with psycopg.connect(settings.postgres.effective_dsn()) as conn:
+        for c in PULL_DEVICES:
+            remove_device(conn, c.serial)
 
 
 def _status(settings: Settings, pid: int) -> dict[str, Any]:
