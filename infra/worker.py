@@ -53,7 +53,7 @@ def _open_sink(name: str, settings: Settings) -> PostgresSink | ClickHouseSink:
         with pool.connection() as conn:
             applied = migrate_postgres(conn)
         logger.info("postgres sink ready (migrations applied: %s)", applied or "none new")
-        return PostgresSink(pool)
+        return PostgresSink(pool, settings.timesheets)
     database = settings.clickhouse.database
     client = open_client(settings.clickhouse_dsn(), database)
     applied = migrate_clickhouse(client, database)

@@ -24,8 +24,10 @@ from psycopg_pool import ConnectionPool
 
 from schemas.punch import EnrichedPunch
 from sinks.base import WriteResult
+from sinks.postgres_timesheets import recompute
 from sinks.rows import POSTGRES_COLUMNS, postgres_row
 from tapstream.errors import PermanentSinkError, SinkError, TransientSinkError
+from tapstream.settings import TimesheetSettings
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +99,9 @@ class PostgresSink:
 
     name = "postgres"
 
-    def __init__(self, pool: ConnectionSource) -> None:
+    def __init__(self, pool: ConnectionSource, timesheets: TimesheetSettings | None = None) -> None:
         self._pool = pool
+        self._timesheets = timesheets  # None: no timesheets (e.g. a sink test of the records only)
 
     def write_batch(self, rows: Sequence[EnrichedPunch]) -> WriteResult:
         """Write all rows in one transaction; rows already present (same event_id) are skipped."""
@@ -125,7 +128,10 @@ class PostgresSink:
                 for row in rows:
                     copy.write_row(postgres_row(row))
             cur.execute(_MOVE)
-            return cur.rowcount
+            inserted = cur.rowcount
+            if self._timesheets is not None:
+                recompute(cur, self._timesheets)  # same transaction: records and their days land together
+            return inserted
 
     def close(self) -> None:
         """Close the pool and its connections; safe to call twice."""

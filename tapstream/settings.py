@@ -8,6 +8,7 @@ it (or the section a component needs) down.
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 from typing import Literal
 
@@ -130,6 +131,15 @@ class PullSettings(BaseModel):
     publish_batch: int = Field(5000, description="spool rows handed to the Kafka producer per round")
 
 
+class TimesheetSettings(BaseModel):
+    """How punches become daily timesheets in PostgreSQL (rules: sinks/timesheets.py)."""
+
+    day_start: time = Field(time(4, 0), description="work days start at this local time (overnight shifts)")
+    undefined_state: Literal["alternate", "first_last"] = Field(
+        "alternate", description="devices without a punch state: alternate in/out, or first in / last out"
+    )
+
+
 class WorkerSettings(BaseModel):
     """The Faust stream worker."""
 
@@ -166,6 +176,7 @@ class Settings(BaseSettings):
     push: PushSettings = PushSettings()
     devices: DeviceSettings = DeviceSettings()
     pull: PullSettings = PullSettings()
+    timesheets: TimesheetSettings = TimesheetSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -18,6 +18,7 @@ from tests.factories import deliver, enriched
 from sinks.base import WriteResult
 from sinks.postgres import PostgresSink, open_pool
 from tapstream.errors import PermanentSinkError, TransientSinkError
+from tapstream.settings import TimesheetSettings
 
 if TYPE_CHECKING:
     from conftest import PgSchema
@@ -157,3 +158,31 @@ def test_a_server_outage_is_transient_then_recovers_without_duplicates(
         assert count(pool) == 150
     finally:
         pool.close()
+
+
+def timesheets(pool: ConnectionPool) -> dict[tuple[str, str], tuple[object, ...]]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT employee_id, work_day::text, timezone, first_in, last_out, worked_seconds, punches, pairs, flags"
+            " FROM timesheets"
+        ).fetchall()
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def test_timesheets_follow_overnight_shifts_and_late_punches(pool: ConnectionPool) -> None:
+    sink = PostgresSink(pool, TimesheetSettings(day_start=time(8, 0)))  # a night shift ends before 08:00
+    berlin = "Europe/Berlin"
+    night_in = enriched(0, employee_id="E-N", device_time=datetime(2026, 3, 1, 22, 0), device_tz=berlin)
+    morning_out = enriched(1, employee_id="E-N", device_time=datetime(2026, 3, 2, 6, 0), device_tz=berlin)
+    day_in = enriched(2, employee_id="E-D", device_time=datetime(2026, 3, 2, 9, 0))  # Asia/Dhaka
+    sink.write_batch([night_in, day_in])
+    first = timesheets(pool)
+    assert first[("E-N", "2026-03-01")][-4:] == (0, 1, 0, ["single_punch"])
+    assert first[("E-D", "2026-03-02")][0] == "Asia/Dhaka"
+    sink.write_batch([morning_out])  # the check-out arrives late, in a later batch
+    night = timesheets(pool)[("E-N", "2026-03-01")]  # 06:00 is before the 04:00 boundary + 1 day
+    assert night == (berlin, datetime(2026, 3, 1, 21, 0, tzinfo=UTC), datetime(2026, 3, 2, 5, 0, tzinfo=UTC),
+                     8 * 3600, 2, 1, [])
+    assert ("E-N", "2026-03-02") not in timesheets(pool)
+    sink.write_batch([morning_out, night_in])  # a repeat changes nothing
+    assert timesheets(pool)[("E-N", "2026-03-01")] == night

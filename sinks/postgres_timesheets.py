@@ -1,0 +1,67 @@
+"""Recompute the timesheets a PostgreSQL batch touched, inside that batch's transaction.
+
+The staged batch says which (employee, work day) pairs it touched; every punch of those days is
+read back from ``attendance_records`` (the batch's new rows included: same transaction) and the
+rules in sinks.timesheets rebuild each day whole. So a late punch, a re-enriched punch, or a
+replay recomputes exactly the days it belongs to, and a repeated batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from sinks.timesheets import DayPunch, Timesheet, build, work_day
+from tapstream.settings import TimesheetSettings
+
+_TOUCHED = "SELECT DISTINCT employee_id, device_time FROM attendance_stage"
+_PUNCHES = """
+SELECT employee_id, punch_time, device_time, punch_state, device_tz
+FROM attendance_records
+WHERE employee_id = ANY(%s) AND device_time >= %s AND device_time < %s
+"""
+_UPSERT = """
+INSERT INTO timesheets (employee_id, work_day, timezone, first_in, last_out, worked_seconds, punches, pairs, flags)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (employee_id, work_day) DO UPDATE SET
+    timezone = EXCLUDED.timezone, first_in = EXCLUDED.first_in, last_out = EXCLUDED.last_out,
+    worked_seconds = EXCLUDED.worked_seconds, punches = EXCLUDED.punches, pairs = EXCLUDED.pairs,
+    flags = EXCLUDED.flags, computed_at = now()
+"""
+
+Key = tuple[str, date]
+
+
+def recompute(cur: psycopg.Cursor[Any], rules: TimesheetSettings) -> int:
+    """Rebuild every timesheet the staged batch touched; return how many were written."""
+    touched = {(employee, work_day(local, rules.day_start)) for employee, local in cur.execute(_TOUCHED)}
+    if not touched:
+        return 0
+    punches, zones = _day_punches(cur, touched, rules)
+    sheets = [(key, build(key[1], punches[key], rules.undefined_state)) for key in sorted(punches)]
+    cur.executemany(_UPSERT, [_row(key, zones[key], sheet) for key, sheet in sheets])
+    return len(sheets)
+
+
+def _day_punches(cur: psycopg.Cursor[Any], touched: set[Key], rules: TimesheetSettings
+                 ) -> tuple[dict[Key, list[DayPunch]], dict[Key, str]]:
+    days = [day for _employee, day in touched]
+    start = datetime.combine(min(days), rules.day_start)
+    end = datetime.combine(max(days) + timedelta(days=1), rules.day_start)
+    employees = sorted({employee for employee, _day in touched})
+    punches: dict[Key, list[DayPunch]] = defaultdict(list)
+    zones: dict[Key, str] = {}
+    for employee, at, local, state, zone in cur.execute(_PUNCHES, (employees, start, end)):
+        key = (employee, work_day(local, rules.day_start))
+        if key in touched:
+            punches[key].append(DayPunch(at, local, state))
+            zones.setdefault(key, zone)
+    return punches, zones
+
+
+def _row(key: Key, zone: str, sheet: Timesheet) -> tuple[object, ...]:
+    return (key[0], key[1], zone, sheet.first_in, sheet.last_out, sheet.worked_s, sheet.punches, sheet.pairs,
+            list(sheet.flags))
