@@ -30,6 +30,8 @@ class Reason(StrEnum):
     BODY_TOO_LARGE = "body_too_large"  # request body over the configured limit
     UNDECODABLE_EVENT = "undecodable_event"  # a Kafka value that is not a valid event
     SINK_REJECTED = "sink_rejected"  # a sink refused the row itself (permanent error)
+    IMPLAUSIBLE_TIME = "implausible_time"  # before validation.earliest_punch (clock reset) or far future
+    UNKNOWN_STATE = "unknown_state"  # a punch state outside validation.punch_states
 
 
 class Stage(StrEnum):

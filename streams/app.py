@@ -85,7 +85,7 @@ def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStat
         sinks=sinks, dedup=dedup, employees=employees, send=send,
         unmatched_topic=settings.topics.unmatched, dlq_topic=settings.topics.dlq,
         batch_max=worker.batch_max, batch_within_s=worker.batch_within_s,
-        dedup_window_s=window, stats=stats, ready=employees_loaded,
+        dedup_window_s=window, stats=stats, ready=employees_loaded, rules=settings.validation,
     )
 
     @app.agent(employees_topic, concurrency=1)

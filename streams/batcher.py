@@ -28,6 +28,7 @@ from streams.delivery import DeliveryOutcome, SinkRunner
 from streams.employees import employee_from_table
 from streams.logic import BatchPlan, Incoming, plan_batch
 from streams.stats import WorkerStats
+from tapstream.settings import ValidationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Batcher:
         dedup_window_s: float,
         stats: WorkerStats,
         ready: CatchUp | None = None,
+        rules: ValidationSettings | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.dedup = dedup
@@ -65,6 +67,7 @@ class Batcher:
         self.dedup_window_s = dedup_window_s
         self.stats = stats
         self.ready = ready
+        self.rules = rules
         self._buffer: list[Any] = []
         self._oldest = 0.0
         self._lock = asyncio.Lock()
@@ -113,7 +116,7 @@ class Batcher:
         started = time.monotonic()
         # The Faust event behind each message: tables must be read and written "as" that event.
         self._by_position = {(e.message.partition, e.message.offset): e for e in events}
-        plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of)
+        plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of, self.rules)
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
         await self._park(plan, outcomes)
         self._remember(plan)

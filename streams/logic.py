@@ -2,7 +2,10 @@
 
 For each message of ``attendance.raw``, in order:
 
-1. decode it into a RawPunch — or quarantine the bytes (``undecodable_event``);
+1. decode it into a RawPunch — or quarantine the bytes (``undecodable_event``); quarantine a
+   punch whose time cannot be true (before ``validation.earliest_punch``, a device clock reset
+   to 2000; or further after its receipt than ``validation.max_future_s``) or whose state is not
+   one the devices may report (``implausible_time``, ``unknown_state``);
 2. drop it if its event id was already seen (earlier in the batch, or in the dedup table);
 3. look its user code up in the employee map — a known code becomes an EnrichedPunch for the
    sinks, an unknown or inactive one is parked for ``attendance.unmatched``.
@@ -15,12 +18,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
 
 from schemas.codec import decode
 from schemas.employee import EmployeeRecord
 from schemas.punch import EnrichedPunch, RawPunch
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from tapstream.errors import ContractError
+from tapstream.settings import ValidationSettings
 
 
 @dataclass(frozen=True)
@@ -85,18 +90,38 @@ def _stream_quarantine(msg: Incoming, reason: Reason, detail: str) -> Quarantine
     )
 
 
+def implausible(punch: RawPunch, rules: ValidationSettings) -> tuple[Reason, str] | None:
+    """Why a well-formed punch still cannot be accepted, or None."""
+    earliest = datetime.combine(rules.earliest_punch, time(0), UTC)
+    if punch.punch_time < earliest:
+        when = f"{punch.punch_time:%Y-%m-%d %H:%M:%S}Z"
+        return Reason.IMPLAUSIBLE_TIME, f"punch time {when} is before {earliest:%Y-%m-%d} (device clock reset?)"
+    ahead = (punch.punch_time - punch.received_at).total_seconds()
+    if ahead > rules.max_future_s:
+        return Reason.IMPLAUSIBLE_TIME, f"punch time is {ahead:.0f} s after it was received (device clock ahead?)"
+    if punch.punch_state not in rules.punch_states:
+        return Reason.UNKNOWN_STATE, f"punch state {punch.punch_state} is not one of {rules.punch_states}"
+    return None
+
+
 def plan_batch(
     batch: Sequence[Incoming],
     already_seen: Callable[[Incoming, uuid.UUID], bool],
     employee_of: Callable[[str], EmployeeRecord | None],
+    rules: ValidationSettings | None = None,
 ) -> BatchPlan:
     """Decide, for each message in order, whether to write, park, quarantine or drop it."""
+    rules = rules or ValidationSettings()
     plan = BatchPlan()
     in_batch: set[uuid.UUID] = set()
     for msg in batch:
         decoded = decode_incoming(msg)
         if isinstance(decoded, QuarantineRecord):
             plan.quarantined.append(decoded)
+            continue
+        problem = implausible(decoded, rules)
+        if problem is not None:
+            plan.quarantined.append(_stream_quarantine(msg, *problem))
             continue
         if decoded.event_id in in_batch or already_seen(msg, decoded.event_id):
             plan.duplicates += 1

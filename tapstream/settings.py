@@ -8,7 +8,7 @@ it (or the section a component needs) down.
 
 from __future__ import annotations
 
-from datetime import time
+from datetime import date, time
 from pathlib import Path
 from typing import Literal
 
@@ -131,6 +131,16 @@ class PullSettings(BaseModel):
     publish_batch: int = Field(5000, description="spool rows handed to the Kafka producer per round")
 
 
+class ValidationSettings(BaseModel):
+    """What the worker accepts as a plausible punch; the rest is quarantined with a reason."""
+
+    earliest_punch: date = Field(date(2010, 1, 1), description="earlier punches mean a reset device clock")
+    max_future_s: float = Field(86_400.0, description="a punch this far after its receipt is a clock gone wrong, seconds")
+    punch_states: list[int] = Field(
+        [0, 1, 2, 3, 4, 5, 255], description="punch states devices may report (255 = none)"
+    )
+
+
 class TimesheetSettings(BaseModel):
     """How punches become daily timesheets in PostgreSQL (rules: sinks/timesheets.py)."""
 
@@ -177,6 +187,7 @@ class Settings(BaseSettings):
     devices: DeviceSettings = DeviceSettings()
     pull: PullSettings = PullSettings()
     timesheets: TimesheetSettings = TimesheetSettings()
+    validation: ValidationSettings = ValidationSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @model_validator(mode="after")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from schemas.codec import encode
 from schemas.employee import EmployeeRecord
@@ -95,3 +95,33 @@ def test_catch_up_is_ready_once_every_partition_reaches_its_end() -> None:
 def test_catch_up_on_an_empty_or_consumed_topic_is_ready_at_once() -> None:
     assert CatchUp({}).ready
     assert CatchUp({0: (4, 4)}).ready
+
+
+def punch_at(device_time: datetime, state: int = 0) -> RawPunch:
+    return make_raw_punch(
+        device_serial="SN1", user_code="100", device_time=device_time, device_tz="Europe/Berlin",
+        punch_state=state, verify_mode=1, source=PunchSource.PULL_POLL, raw="00ff",
+        received_at=datetime(2026, 11, 23, 7, 30, tzinfo=UTC),
+    )
+
+
+def test_implausible_times_and_states_are_quarantined_with_their_reason_and_bytes() -> None:
+    reset = encode(punch_at(datetime(2000, 1, 1, 0, 3)))  # a device whose clock battery died
+    future = encode(punch_at(datetime(2027, 2, 1, 8, 0)))  # months ahead of its receipt
+    odd_state = encode(punch_at(datetime(2026, 11, 23, 8, 1), state=9))
+    fine = encode(punch_at(datetime(2026, 11, 24, 8, 0)))  # a day ahead: a zone mix-up, still kept
+    plan = plan_batch([msg(reset, 1), msg(future, 2), msg(odd_state, 3), msg(fine, 4)], never_seen, EMPLOYEES.get)
+    assert [(q.reason, q.source_offset) for q in plan.quarantined] == [
+        (Reason.IMPLAUSIBLE_TIME, 1), (Reason.IMPLAUSIBLE_TIME, 2), (Reason.UNKNOWN_STATE, 3),
+    ]
+    assert plan.quarantined[0].original() == reset and "clock reset" in plan.quarantined[0].detail
+    assert [r.punch.punch_state for r in plan.to_write] == [0] and plan.accounted == 4
+
+
+def test_the_accepted_states_and_window_are_settings() -> None:
+    from tapstream.settings import ValidationSettings
+
+    rules = ValidationSettings(punch_states=[0, 1, 9], earliest_punch=date(1999, 1, 1))
+    batch = [msg(encode(punch_at(datetime(2000, 1, 1, 0, 3))), 1), msg(encode(punch_at(datetime(2026, 11, 23, 8), 9)), 2)]
+    plan = plan_batch(batch, never_seen, EMPLOYEES.get, rules)
+    assert plan.quarantined == [] and len(plan.to_write) == 2
