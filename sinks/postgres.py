@@ -52,9 +52,24 @@ _STAGE_TYPES = sql.SQL("SELECT {cols} FROM {stage} LIMIT 0").format(cols=_COLUMN
 _COPY = sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)").format(
     stage=sql.Identifier(STAGE), cols=_COLUMNS
 )
+# A re-delivered punch (same event id) changes nothing, unless what Tapstream derived for it
+# changed: a corrected employee mapping or device timezone, re-applied by a replay. Those
+# columns are updated; the first-seen lineage (received_at, raw, offsets) is kept.
+CORRECTABLE = ("employee_id", "device_tz", "punch_time")
 _MOVE = sql.SQL(
-    "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT (event_id) DO NOTHING"
-).format(table=sql.Identifier(TABLE), cols=_COLUMNS, stage=sql.Identifier(STAGE))
+    "INSERT INTO {table} AS r ({cols}) SELECT {cols} FROM {stage} ON CONFLICT (event_id) DO UPDATE SET {sets}"
+    " WHERE ({old}) IS DISTINCT FROM ({new}) RETURNING (xmax = 0)"
+).format(
+    table=sql.Identifier(TABLE), cols=_COLUMNS, stage=sql.Identifier(STAGE),
+    sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
+    old=sql.SQL(", ").join(sql.SQL("r.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
+    new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
+)
+# Rows about to move to another employee: that employee's old days need recomputing too.
+_REASSIGNED = sql.SQL(
+    "SELECT r.employee_id, r.device_time FROM {table} r JOIN {stage} s USING (event_id)"
+    " WHERE r.employee_id IS DISTINCT FROM s.employee_id"
+).format(table=sql.Identifier(TABLE), stage=sql.Identifier(STAGE))
 
 
 class ConnectionSource(Protocol):
@@ -104,7 +119,8 @@ class PostgresSink:
         self._timesheets = timesheets  # None: no timesheets (e.g. a sink test of the records only)
 
     def write_batch(self, rows: Sequence[EnrichedPunch]) -> WriteResult:
-        """Write all rows in one transaction; rows already present (same event_id) are skipped."""
+        """Write all rows in one transaction; rows already present (same event_id) are skipped
+        unless their employee, zone or UTC time was corrected (then those are updated)."""
         if not rows:
             return WriteResult(0, 0)
         started = time.perf_counter()
@@ -125,17 +141,26 @@ class PostgresSink:
             type_oids = [column.type_code for column in cur.description or ()]
             with cur.copy(_COPY) as copy:
                 copy.set_types(type_oids)
-                for row in rows:
+                for row in _last_per_event(rows):
                     copy.write_row(postgres_row(row))
-            cur.execute(_MOVE)
-            inserted = cur.rowcount
+            previous = list(cur.execute(_REASSIGNED)) if self._timesheets is not None else []
+            changed = [bool(new) for (new,) in cur.execute(_MOVE).fetchall()]
+            if any(not new for new in changed):
+                logger.info("postgres: corrected %d existing rows", changed.count(False))
             if self._timesheets is not None:
-                recompute(cur, self._timesheets)  # same transaction: records and their days land together
-            return inserted
+                # same transaction: records and their days land together
+                recompute(cur, self._timesheets, also=previous)
+            return changed.count(True)
 
     def close(self) -> None:
         """Close the pool and its connections; safe to call twice."""
         self._pool.close()
+
+
+def _last_per_event(rows: Sequence[EnrichedPunch]) -> list[EnrichedPunch]:
+    # ON CONFLICT DO UPDATE refuses to touch a row twice in one statement: one row per event
+    # id, the latest (the stream already drops repeats; this keeps the sink safe on its own).
+    return list({row.punch.event_id: row for row in rows}.values())
 
 
 def translate(exc: BaseException) -> SinkError:

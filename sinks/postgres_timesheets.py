@@ -9,6 +9,7 @@ replay recomputes exactly the days it belongs to, and a repeated batch changes n
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -32,17 +33,27 @@ ON CONFLICT (employee_id, work_day) DO UPDATE SET
     flags = EXCLUDED.flags, computed_at = now()
 """
 
+_DELETE = "DELETE FROM timesheets WHERE employee_id = %s AND work_day = %s"
+
 Key = tuple[str, date]
 
 
-def recompute(cur: psycopg.Cursor[Any], rules: TimesheetSettings) -> int:
-    """Rebuild every timesheet the staged batch touched; return how many were written."""
-    touched = {(employee, work_day(local, rules.day_start)) for employee, local in cur.execute(_TOUCHED)}
+def recompute(cur: psycopg.Cursor[Any], rules: TimesheetSettings,
+              also: Iterable[tuple[str, datetime]] = ()) -> int:
+    """Rebuild every timesheet the staged batch touched, and the days of ``also`` (employee,
+    device time) pairs — punches that moved to another employee; return how many were written.
+    A day left without punches loses its timesheet."""
+    pairs = [*cur.execute(_TOUCHED), *also]
+    touched = {(employee, work_day(local, rules.day_start)) for employee, local in pairs}
     if not touched:
         return 0
     punches, zones = _day_punches(cur, touched, rules)
     sheets = [(key, build(key[1], punches[key], rules.undefined_state)) for key in sorted(punches)]
-    cur.executemany(_UPSERT, [_row(key, zones[key], sheet) for key, sheet in sheets])
+    if sheets:
+        cur.executemany(_UPSERT, [_row(key, zones[key], sheet) for key, sheet in sheets])
+    emptied = sorted(touched - punches.keys())
+    if emptied:
+        cur.executemany(_DELETE, emptied)
     return len(sheets)
 
 

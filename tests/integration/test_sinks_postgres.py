@@ -186,3 +186,18 @@ def test_timesheets_follow_overnight_shifts_and_late_punches(pool: ConnectionPoo
     assert ("E-N", "2026-03-02") not in timesheets(pool)
     sink.write_batch([morning_out, night_in])  # a repeat changes nothing
     assert timesheets(pool)[("E-N", "2026-03-01")] == night
+
+
+def test_a_corrected_mapping_moves_the_punch_and_its_timesheet_day(pool: ConnectionPool) -> None:
+    sink = PostgresSink(pool, TimesheetSettings())
+    wrong = enriched(0, employee_id="E-WRONG", device_time=datetime(2026, 3, 3, 9, 0))
+    assert sink.write_batch([wrong]) == WriteResult(offered=1, inserted=1)
+    resent = enriched(0, employee_id="E-WRONG", device_time=datetime(2026, 3, 3, 9, 0),
+                      received_at=datetime(2026, 3, 9, tzinfo=UTC), offset=99)
+    assert sink.write_batch([resent]) == WriteResult(offered=1, inserted=0)  # a plain repeat: nothing moves
+    fixed = enriched(0, employee_id="E-RIGHT", device_time=datetime(2026, 3, 3, 9, 0), offset=500)
+    assert sink.write_batch([fixed]) == WriteResult(offered=1, inserted=0)  # replayed after the fix
+    with pool.connection() as conn:
+        row = conn.execute("SELECT employee_id, received_at, source_offset FROM attendance_records").fetchall()
+    assert row == [("E-RIGHT", wrong.punch.received_at, 0)]  # corrected; first-seen lineage kept
+    assert set(timesheets(pool)) == {("E-RIGHT", "2026-03-03")}  # the wrong employee's day is gone

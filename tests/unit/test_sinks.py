@@ -133,9 +133,14 @@ class FakeCursor:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def execute(self, query: object) -> None:
+    def execute(self, query: object) -> FakeCursor:
         self.pool.statements.append(str(query))
         self.rowcount = self.pool.rowcount
+        return self
+
+    def fetchall(self) -> list[tuple[bool]]:
+        # RETURNING (xmax = 0) of the move: True per inserted row (the fake inserts rowcount rows)
+        return [(True,)] * self.pool.rowcount
 
     @contextmanager
     def copy(self, statement: object) -> Iterator[FakeCopy]:
@@ -191,7 +196,9 @@ def test_postgres_batch_is_staged_then_moved_in_one_connection() -> None:
     assert pool.lent == 1
     assert pool.copy is not None and len(pool.copy.rows) == 2
     assert "ON COMMIT DROP" in pool.statements[0]
-    assert "ON CONFLICT (event_id) DO NOTHING" in pool.statements[-1]
+    # a repeat changes nothing unless a derived column was corrected (employee, zone, UTC time)
+    assert "ON CONFLICT (event_id) DO UPDATE" in pool.statements[-1]
+    assert "IS DISTINCT FROM" in pool.statements[-1]
     assert not any("public." in statement for statement in pool.statements)
 
 
