@@ -33,7 +33,7 @@ from zk import ZK
 
 from infra import bench_env
 from infra.bench_run import BenchOptions, BenchRun, check_services, cleanup, plan_run, prepare
-from infra.harness import TapstreamProcess, free_port, wait_http
+from infra.harness import TapstreamProcess, free_port, pull_devices, wait_http
 from infra.topics import TopicSpec, ensure_topics
 from producers.publisher import Publisher
 from producers.pull.client import PullClient
@@ -145,19 +145,11 @@ def _start_pull(run: BenchRun, procs: list[TapstreamProcess], catchup_s: float, 
     return pull
 
 
-def _status(run: BenchRun) -> dict[str, Any]:
-    try:
-        document: dict[str, Any] = json.loads(run.settings.path("pull", "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return document
-
-
 def _wait_all_live(run: BenchRun, pull: TapstreamProcess, devices: int, say: Say, timeout_s: float = 600) -> float:
     started = time.monotonic()
     while True:
-        document = _status(run)
-        states = [d["state"] for d in document.get("devices", {}).values()] if document.get("pid") == pull.pid else []
+        statuses = pull_devices(run.settings.path("pull", "status.json"), pull.pid) or {}
+        states = [d["state"] for d in statuses.values()]
         live = states.count("live")
         if live == devices:
             elapsed = time.monotonic() - started

@@ -8,7 +8,6 @@ hold exactly those punches.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import psycopg
 
 from emulator.device import DeviceConfig, FaultKind
 from emulator.fleet import ThreadedFleet
-from infra.harness import TapstreamProcess
+from infra.harness import TapstreamProcess, pull_devices
 from producers.registry import add_device, remove_device
 from schemas.punch import compute_event_id
 from tapstream.errors import TapstreamError
@@ -91,12 +90,7 @@ def _unregister(settings: Settings) -> None:
 
 
 def _status(settings: Settings, pid: int) -> dict[str, Any]:
-    try:
-        document = json.loads(settings.path("pull", "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    devices: dict[str, Any] = document.get("devices", {}) if document.get("pid") == pid else {}
-    return devices
+    return pull_devices(settings.path("pull", "status.json"), pid) or {}
 
 
 def _wait_live(settings: Settings, pull: TapstreamProcess, timeout_s: float) -> None:

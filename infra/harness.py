@@ -112,6 +112,18 @@ def worker_stats(stats_file: Path, pid: int) -> dict[str, Any]:
     return stats if stats.get("pid") == pid else {}
 
 
+def pull_devices(status_file: Path, pid: int) -> dict[str, Any] | None:
+    """Device statuses from `tapstream pull` process ``pid``'s status file (None until it wrote one)."""
+    try:
+        document = json.loads(status_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if document.get("pid") != pid:
+        return None  # a file left by an earlier process
+    devices: dict[str, Any] = document["devices"]
+    return devices
+
+
 def wait_worker(stats_file: Path, worker: TapstreamProcess, events: int, timeout_s: float) -> dict[str, Any]:
     """Wait until ``worker`` has flushed ``events`` events (stored, parked or dropped); its stats.
 

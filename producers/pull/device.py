@@ -130,39 +130,31 @@ class DeviceWorker:
 
     def catch_up(self, client: Any) -> int:
         """Download the log and produce what is new; return how many records were spooled."""
+        with self._live_lock:
+            live = set(self._live_ids)  # spooled live before this download: all in its log
         entries: list[Entry] = client.download()
         self._seen()
         raws = [entry.raw for entry in entries]
         resume = resume_point(raws, Mark.decode(self._output.mark(mark_key(self.device.serial))))
-        with self._live_lock:
-            live = set(self._live_ids)
-        new = [e for e in entries[resume.start:] if not self._spooled_live(e, live)]
+        fresh = entries[resume.start:]
+        new = [e for e in fresh if not self._spooled_live(e, live)] if live else fresh
         converted = convert(new, self._reading(PunchSource.PULL_POLL), self._settings.topics)
         self._output.emit(converted.records, marks={mark_key(self.device.serial): mark_after(raws).encode()})
-        self._forget_live(entries)
+        with self._live_lock:
+            self._live_ids -= live  # below the new mark now (or cleared off the device): done with
         self.produced += len(converted.event_ids)
         self._last_catchup = datetime.now(UTC)
         logger.info(
             "device %s: caught up, %d records in the log, %d new spooled (%d already live, %d quarantined; %s)",
-            self.device.serial, len(entries), len(converted.records), len(entries) - resume.start - len(new),
+            self.device.serial, len(entries), len(converted.records), len(fresh) - len(new),
             converted.quarantined, resume.why,
         )
         return len(converted.records)
 
     def _spooled_live(self, entry: Entry, live: set[uuid.UUID]) -> bool:
-        if not live or not isinstance(entry, LogEntry):
+        if not isinstance(entry, LogEntry):
             return False
         return compute_event_id(self.device.serial, entry.user_code, entry.device_time, entry.state) in live
-
-    def _forget_live(self, entries: Sequence[Entry]) -> None:
-        # Punches now below the mark are covered by it; keep only those newer than the download.
-        with self._live_lock:
-            if self._live_ids:
-                covered = {
-                    compute_event_id(self.device.serial, e.user_code, e.device_time, e.state)
-                    for e in entries if isinstance(e, LogEntry)
-                }
-                self._live_ids -= covered
 
     def _live(self, client: Any) -> None:
         # A random 75-100 % of the interval: devices started together would otherwise all

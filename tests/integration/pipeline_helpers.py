@@ -29,7 +29,7 @@ from typing import Any, Literal
 import psycopg
 from confluent_kafka import Consumer, Producer
 
-from infra.harness import TapstreamProcess, free_port, worker_stats
+from infra.harness import TapstreamProcess, free_port, pull_devices, worker_stats
 from producers.registry import add_device
 from schemas.codec import encode
 from schemas.employee import EmployeeRecord
@@ -138,16 +138,9 @@ class Pipeline:
         wait_for(lambda: self.pull_status(pull.pid) is not None, timeout_s, f"{name} to start", pull)
         return pull
 
-    def pull_status(self, pid: int | None = None) -> dict[str, Any] | None:
-        """Device statuses from the pull producer's status file (of process ``pid`` if given)."""
-        try:
-            document = json.loads(self.pull_status_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if pid is not None and document.get("pid") != pid:
-            return None
-        devices: dict[str, Any] = document["devices"]
-        return devices
+    def pull_status(self, pid: int) -> dict[str, Any] | None:
+        """Device statuses from the status file of pull process ``pid`` (None until it wrote one)."""
+        return pull_devices(self.pull_status_file, pid)
 
     def stop_all(self) -> None:
         for process in self.processes:
