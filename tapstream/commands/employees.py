@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
 
+from infra.employee_sync import sync_employees
 from infra.employees import import_employees
 from tapstream.commands.common import emit_json, settings_of
 
@@ -29,3 +31,19 @@ def import_(
     else:
         typer.echo(f"{result.rows} employees imported: {result.postgres_changed} changed in Postgres, "
                    f"{result.published} published to {settings.topics.employees}")
+
+
+@app.command("sync")
+def sync(
+    ctx: typer.Context,
+    watch: float = typer.Option(0.0, "--watch", min=0.0, help="repeat every SECONDS until Ctrl-C (0: once)"),
+) -> None:
+    """Publish what changed in the Postgres `employees` table to the `employees` topic (HR edits)."""
+    settings = settings_of(ctx)
+    while True:
+        plan = sync_employees(settings.postgres.effective_dsn(), settings.kafka.bootstrap, settings.topics.employees)
+        typer.echo(f"employees sync: {len(plan.upserts)} published, {len(plan.deletes)} removed "
+                   f"({settings.topics.employees})")
+        if not watch:
+            return
+        time.sleep(watch)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from infra.employee_sync import read_table, sync_employees
+from infra.employee_sync import read_topic as sync_read_topic
 from infra.employees import import_employees
 from schemas.codec import decode
 from schemas.employee import EmployeeRecord
@@ -64,3 +66,22 @@ def test_a_changed_row_updates_postgres(tmp_path: Path, pg_schema: PgSchema, kaf
     assert result.postgres_changed == 1
     with psycopg.connect(pg_schema.dsn) as conn:
         assert conn.execute("SELECT department FROM employees WHERE attendance_code = '1002'").fetchone() == ("Plant",)
+
+
+def test_sync_publishes_what_hr_changed_in_postgres_and_nothing_twice(
+    tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
+    path = tmp_path / "employees.csv"
+    path.write_text(CSV, encoding="utf-8")
+    import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    with psycopg.connect(pg_schema.dsn) as conn:  # HR edits the table directly
+        conn.execute("UPDATE employees SET employee_id = 'E-1b', active = false WHERE attendance_code = '1001'")
+        conn.execute("DELETE FROM employees WHERE attendance_code = '1002'")
+        conn.execute("INSERT INTO employees (attendance_code, employee_id, name) VALUES ('1003', 'E-3', 'Cy')")
+    first = sync_employees(pg_schema.dsn, kafka_bootstrap, topic)
+    assert [r.attendance_code for r in first.upserts] == ["1001", "1003"] and first.deletes == ["1002"]
+    latest = sync_read_topic(kafka_bootstrap, topic)
+    assert latest == {**read_table(pg_schema.dsn), "1002": None}  # the topic now says what the table says
+    again = sync_employees(pg_schema.dsn, kafka_bootstrap, topic)
+    assert again.upserts == [] and again.deletes == []

@@ -1,0 +1,116 @@
+"""`tapstream employees sync`: make the compacted employees topic say what PostgreSQL says.
+
+HR systems edit the Postgres ``employees`` table directly; the worker only sees the topic. A sync
+reads both — the table, and the topic from its start to its current end (latest record per
+attendance code, tombstones included) — and publishes only the difference: changed or new
+records, and a tombstone for every code the table no longer has. Running it twice publishes
+nothing the second time. ``--watch`` repeats it, so a mapping HR adds reaches the worker within
+that many seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import psycopg
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from infra.employees import publish_employees
+from schemas.codec import decode
+from schemas.employee import EmployeeRecord
+from tapstream.errors import ContractError, TapstreamError
+
+logger = logging.getLogger(__name__)
+
+_SELECT = "SELECT attendance_code, employee_id, name, department, active FROM employees"
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What the topic needs: records to publish, codes to delete (tombstones)."""
+
+    upserts: list[EmployeeRecord]
+    deletes: list[str]
+
+
+def plan_sync(table: Mapping[str, EmployeeRecord], topic: Mapping[str, EmployeeRecord | None]) -> SyncPlan:
+    """The difference between the table (the truth) and the topic's latest records."""
+    upserts = [record for code, record in sorted(table.items()) if topic.get(code) != record]
+    deletes = sorted(code for code, record in topic.items() if record is not None and code not in table)
+    return SyncPlan(upserts, deletes)
+
+
+def read_table(dsn: str) -> dict[str, EmployeeRecord]:
+    """Every row of the Postgres employees table."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            rows = conn.execute(_SELECT).fetchall()
+    except psycopg.Error as exc:
+        raise TapstreamError(f"cannot read employees from PostgreSQL: {exc}") from exc
+    return {r[0]: EmployeeRecord(attendance_code=r[0], employee_id=r[1], name=r[2], department=r[3], active=r[4])
+            for r in rows}
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, EmployeeRecord | None]:
+    """The latest record (None = tombstone) per code, reading the topic up to its current end."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tapstream-employee-sync",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        return _consume_until(consumer, ends, timeout_s)
+    except KafkaException as exc:
+        raise TapstreamError(f"cannot read {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _consume_until(consumer: Consumer, ends: dict[int, int], timeout_s: float) -> dict[str, EmployeeRecord | None]:
+    latest: dict[str, EmployeeRecord | None] = {}
+    done = {p for p, end in ends.items() if end == 0}
+    while len(done) < len(ends):
+        msg = consumer.poll(timeout_s)
+        if msg is None:
+            raise TapstreamError(f"the employees topic stopped answering before its end ({len(latest)} codes read)")
+        if msg.error():
+            continue
+        key = (msg.key() or b"").decode("utf-8", "replace")
+        latest[key] = _record(key, msg.value())
+        partition, offset = msg.partition(), msg.offset()
+        if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+            done.add(partition)
+    return latest
+
+
+def _record(code: str, value: bytes | None) -> EmployeeRecord | None:
+    if value is None:
+        return None
+    try:
+        return decode(EmployeeRecord, value)
+    except ContractError as exc:
+        logger.warning("employees topic: unreadable record for %r (will be replaced): %s", code, exc)
+        return None
+
+
+def publish_tombstones(bootstrap: str, topic: str, codes: list[str], timeout_s: float = 30.0) -> int:
+    """Delete codes from the compacted topic (a null value per key); wait for Kafka to confirm."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for code in codes:
+        producer.produce(topic, key=code.encode(), value=None)
+    if producer.flush(timeout_s):
+        raise TapstreamError(f"tombstones for {topic} unconfirmed after {timeout_s:.0f}s")
+    return len(codes)
+
+
+def sync_employees(dsn: str, bootstrap: str, topic: str) -> SyncPlan:
+    """Publish the difference between the table and the topic; return what was published."""
+    plan = plan_sync(read_table(dsn), read_topic(bootstrap, topic))
+    if plan.upserts:
+        publish_employees(bootstrap, topic, plan.upserts)
+    if plan.deletes:
+        publish_tombstones(bootstrap, topic, plan.deletes)
+    logger.info("employees sync: %d published, %d removed", len(plan.upserts), len(plan.deletes))
+    return plan

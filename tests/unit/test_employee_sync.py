@@ -1,0 +1,24 @@
+"""Which employee records a sync publishes: only the difference between the table and the topic."""
+
+from __future__ import annotations
+
+from infra.employee_sync import plan_sync
+from schemas.employee import EmployeeRecord
+
+
+def emp(code: str, employee_id: str, active: bool = True) -> EmployeeRecord:
+    return EmployeeRecord(attendance_code=code, employee_id=employee_id, name=f"N{code}", active=active)
+
+
+def test_only_new_changed_and_removed_codes_are_published() -> None:
+    table = {"1": emp("1", "E-1"), "2": emp("2", "E-2-new"), "3": emp("3", "E-3", active=False), "4": emp("4", "E-4")}
+    topic = {"1": emp("1", "E-1"), "2": emp("2", "E-2"), "3": emp("3", "E-3"), "5": emp("5", "E-5"), "6": None}
+    plan = plan_sync(table, topic)
+    assert [r.attendance_code for r in plan.upserts] == ["2", "3", "4"]  # changed, deactivated, new
+    assert plan.deletes == ["5"]  # gone from the table; "6" is already deleted
+
+
+def test_a_synced_topic_needs_nothing() -> None:
+    table = {"1": emp("1", "E-1")}
+    assert plan_sync(table, dict(table)) == plan_sync({}, {}) == plan_sync({}, {"9": None})
+    assert plan_sync(table, dict(table)).upserts == [] and plan_sync(table, dict(table)).deletes == []
