@@ -58,6 +58,16 @@ class DeviceInfo:
         """The port Tapstream connects to (4370 unless the registry says otherwise)."""
         return self.port or DEFAULT_PULL_PORT
 
+    @property
+    def where(self) -> str:
+        """Where a pull device is reached, as logs and statuses show it."""
+        return pull_address(self.transport, self.address, self.port)
+
+
+def pull_address(transport: str, address: str | None, port: int | None) -> str:
+    """``tcp://10.0.4.21:4370``: one spelling for logs, statuses and `devices list`."""
+    return f"{transport}://{address}:{port or DEFAULT_PULL_PORT}"
+
 
 @dataclass(frozen=True)
 class DeviceRow:

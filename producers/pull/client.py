@@ -58,7 +58,7 @@ class PullClient:
             force_udp=device.transport == "udp",
             ommit_ping=True,  # ping needs a shell and ICMP; the protocol exchange tells us enough
         )
-        self.where = f"{device.transport}://{device.address}:{device.pull_port}"
+        self.where = device.where
         self.close()  # pyzk opens a socket in its constructor and another in connect(): drop the first
 
     def connect(self) -> None:

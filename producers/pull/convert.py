@@ -48,7 +48,7 @@ def convert(entries: Sequence[Entry], reading: Reading, topics: TopicSettings) -
             punch = make_raw_punch(
                 device_serial=reading.serial, user_code=entry.user_code, device_time=entry.device_time,
                 device_tz=reading.timezone, punch_state=entry.state, verify_mode=entry.verify,
-                work_code=entry.work_code, source=reading.source, raw=_raw_text(entry.raw),
+                work_code=entry.work_code, source=reading.source, raw=_raw_text(entry.raw, reading.source),
                 received_at=reading.received_at, clock_offset_s=reading.clock_offset_s,
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -60,9 +60,9 @@ def convert(entries: Sequence[Entry], reading: Reading, topics: TopicSettings) -
     return out
 
 
-def _raw_text(raw: bytes) -> str:
+def _raw_text(raw: bytes, source: PunchSource) -> str:
     # Log records are binary (kept as hex); live events are pyzk's decoded fields as text.
-    return raw.decode() if raw.startswith(b"live ") else raw.hex()
+    return raw.decode("utf-8", "replace") if source is PunchSource.PULL_LIVE else raw.hex()
 
 
 def _quarantined(reason: Reason, detail: str, raw: bytes, reading: Reading) -> bytes:

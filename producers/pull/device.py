@@ -21,6 +21,7 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import asdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -84,10 +85,6 @@ class DeviceWorker:
     def stop(self) -> None:
         """Ask the worker to finish (live capture notices within ``pull.live_tick_s``)."""
         self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
 
     def run(self) -> None:
         """Cycle until stopped; failures wait out their backoff, then try again."""
@@ -214,19 +211,15 @@ class DeviceWorker:
         self._output.emit([(self._settings.topics.device_status, key, encode(self.status))])
 
     def _status(self, state: LinkState, *, connected: bool) -> DeviceStatus:
-        facts, health = self.facts, self.health
-        since = health.failing_since
+        health, since = self.health, self.health.failing_since
+        # What the device said of itself, under the status's names (serial -> reported_serial).
+        reported = {} if self.facts is None else asdict(self.facts)
+        reported["reported_serial"] = reported.pop("serial", None)
         return DeviceStatus(
             device_serial=self.device.serial, name=self.device.name, site=self.device.site,
-            address=f"{self.device.transport}://{self.device.address}:{self.device.pull_port}",
-            state=state, connected=connected, realtime=health.realtime, last_seen=self._last_seen,
-            last_error=health.last_error, consecutive_failures=health.failures,
+            address=self.device.where, state=state, connected=connected, realtime=health.realtime,
+            last_seen=self._last_seen, last_error=health.last_error, consecutive_failures=health.failures,
             failing_since=None if since is None else datetime.fromtimestamp(since, UTC),
-            alert=health.alert_text(),
-            reported_serial=facts.serial if facts else None, firmware=facts.firmware if facts else None,
-            platform=facts.platform if facts else None, users=facts.users if facts else None,
-            users_capacity=facts.users_capacity if facts else None, records=facts.records if facts else None,
-            records_capacity=facts.records_capacity if facts else None,
-            clock_offset_s=facts.clock_offset_s if facts else None, last_catchup_at=self._last_catchup,
+            alert=health.alert_text(), **reported, last_catchup_at=self._last_catchup,
             produced_total=self.produced, reported_at=datetime.now(UTC),
         )

@@ -110,4 +110,7 @@ class SpoolWriter:
             self._publisher.wake()
         for item in items:
             if item.on_durable is not None:
-                item.on_durable()
+                try:
+                    item.on_durable()
+                except Exception:  # a device's callback must not end the one writer thread
+                    logger.exception("on_durable callback failed (records are spooled regardless)")

@@ -79,7 +79,7 @@ def list_(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help
 def _address(row: registry.DeviceRow) -> str:
     if row.kind != "pull" or not row.address:
         return "-"
-    return f"{row.transport}://{row.address}:{row.port or registry.DEFAULT_PULL_PORT}"
+    return registry.pull_address(row.transport, row.address, row.port)
 
 
 def _set_enabled(ctx: typer.Context, serial: str, enabled: bool) -> None:

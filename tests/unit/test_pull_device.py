@@ -267,3 +267,22 @@ def test_health_settings_defaults_match_the_issue() -> None:
         5.0, 300.0, 5, 86_400.0)
     with pytest.raises(Exception):
         PullSettings(backoff_initial_s="soon")  # type: ignore[arg-type]  # a typed tree refuses nonsense
+
+
+def test_a_log_record_whose_bytes_spell_live_is_still_kept_as_hex() -> None:
+    odd = LogEntry(0, b"live \xff\xfe" + bytes(33), "1001", BASE, 0, 1)  # uid 0x696c, PIN "ve \\xff..."
+    device, out = FakeDevice(log=[odd]), FakeOutput()
+    DeviceWorker(DEVICE, fast_settings(), out).catch_up(FakeClient(device))
+    assert out.punches()[0].raw == odd.raw.hex()
+
+
+def test_status_carries_what_the_device_reports_of_itself() -> None:
+    device, out = FakeDevice(log=[entry(0)]), FakeOutput()
+    worker = DeviceWorker(DEVICE, fast_settings(), out, client_factory=lambda d, t: FakeClient(device))
+    thread = start(worker)
+    wait_for(lambda: worker.status.state == LinkState.LIVE)
+    worker.stop()
+    thread.join(5)
+    status = out.statuses()[-2]
+    assert (status.reported_serial, status.firmware, status.users, status.records_capacity, status.clock_offset_s,
+            status.address) == (SERIAL, "Ver 6.60", 7, 100_000, -42.5, "tcp://127.0.0.1:4370")
