@@ -35,10 +35,19 @@ class SyncPlan:
     deletes: list[str]
 
 
-def plan_sync(table: Mapping[str, EmployeeRecord], topic: Mapping[str, EmployeeRecord | None]) -> SyncPlan:
-    """The difference between the table (the truth) and the topic's latest records."""
+def plan_sync(
+    table: Mapping[str, EmployeeRecord], topic: Mapping[str, EmployeeRecord | None], *, empty_table_deletes: bool = True
+) -> SyncPlan:
+    """The difference between the table (the truth) and the topic's latest records.
+
+    ``empty_table_deletes=False``: an empty table removes nothing (the worker's background sync:
+    an empty table is far likelier a topic fed by another HR integration, or a table not yet
+    filled, than a company without employees).
+    """
     upserts = [record for code, record in sorted(table.items()) if topic.get(code) != record]
     deletes = sorted(code for code, record in topic.items() if record is not None and code not in table)
+    if not table and not empty_table_deletes:
+        deletes = []
     return SyncPlan(upserts, deletes)
 
 
@@ -105,12 +114,14 @@ def publish_tombstones(bootstrap: str, topic: str, codes: list[str], timeout_s: 
     return len(codes)
 
 
-def sync_employees(dsn: str, bootstrap: str, topic: str) -> SyncPlan:
+def sync_employees(dsn: str, bootstrap: str, topic: str, *, empty_table_deletes: bool = True) -> SyncPlan:
     """Publish the difference between the table and the topic; return what was published."""
-    plan = plan_sync(read_table(dsn), read_topic(bootstrap, topic))
+    plan = plan_sync(read_table(dsn), read_topic(bootstrap, topic), empty_table_deletes=empty_table_deletes)
     if plan.upserts:
         publish_employees(bootstrap, topic, plan.upserts)
     if plan.deletes:
         publish_tombstones(bootstrap, topic, plan.deletes)
-    logger.info("employees sync: %d published, %d removed", len(plan.upserts), len(plan.deletes))
+    changed = bool(plan.upserts or plan.deletes)  # the worker syncs every few seconds: quiet when idle
+    logger.log(logging.INFO if changed else logging.DEBUG,
+               "employees sync: %d published, %d removed", len(plan.upserts), len(plan.deletes))
     return plan

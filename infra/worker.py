@@ -1,28 +1,35 @@
 """Run the stream worker: open the sinks (migrating their schemas), build the Faust app, run it.
 
 The worker owns the embedded ClickHouse store while it runs (one chDB engine per process);
-others read its progress from ``<state>/worker/stats.json``.
+others read its progress from ``<state>/worker/stats.json``. With Postgres, it also projects
+parked punches and dead letters into Postgres (streams.ledger), re-sends parked punches once
+mapped (streams.rematch) and keeps the employees topic in step with the table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import time
+from functools import partial
 from typing import Any
 
 import faust
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from faust.worker import Worker
+from psycopg_pool import ConnectionPool
 
+from infra.employee_sync import sync_employees
 from infra.migrate import migrate_clickhouse, migrate_postgres
 from infra.topics import TopicSpec, ensure_topics
 from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.postgres import PostgresSink, open_pool
 from streams.app import build_app
 from streams.delivery import Backoff, SinkRunner
+from streams.ledger import Ledger
 from streams.stats import WorkerStats
 from tapstream.errors import ConfigError, TransientSinkError
 from tapstream.settings import Settings
@@ -133,19 +140,56 @@ def ensure_internal_topics(admin: AdminClient, settings: Settings, timeout_s: fl
         time.sleep(0.2)
 
 
+def open_postgres_duties(settings: Settings) -> ConnectionPool | None:
+    """A small pool for what the worker keeps in Postgres besides records (parked punches,
+    dead letters, the employee sync); None when Postgres is not one of the sinks."""
+    if "postgres" not in settings.worker.sinks:
+        logger.warning("no postgres sink: parked punches are not re-matched automatically and dead letters "
+                       "stay on their topics only (use `tapstream replay` once mappings are fixed)")
+        return None
+    pg, backoff = settings.postgres, Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s)
+    return _until_open("postgres (ledger)", lambda: open_pool(  # type: ignore[no-any-return]
+        pg.effective_dsn(), 2, connect_timeout_s=pg.connect_timeout_s, acquire_timeout_s=pg.acquire_timeout_s,
+    ), backoff)
+
+
+def _sync_employees_while_running(app: faust.App, settings: Settings) -> None:
+    """Publish HR's edits of the Postgres employees table to the topic every employee_sync_s."""
+    every = settings.worker.employee_sync_s
+
+    @app.timer(interval=every)  # type: ignore[untyped-decorator]  # faust's timer is untyped
+    async def employee_sync() -> None:
+        args = (settings.postgres.effective_dsn(), settings.kafka.bootstrap, settings.topics.employees)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, partial(sync_employees, *args, empty_table_deletes=False))
+        except Exception as exc:  # Postgres or Kafka away: the next round tries again
+            logger.warning("employee sync failed, retrying in %.0fs: %s", every, exc)
+
+
 def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until idle, if exit_when_idle_s is given)."""
     stats = WorkerStats(path=stats_path(settings))
     stats.save()
-    wait_for_topics(settings, Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s))
+    backoff = Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s)
+    wait_for_topics(settings, backoff)
     runners = open_sinks(settings, stats)
-    app = build_app(settings, runners, stats)
+    duties = open_postgres_duties(settings)
+    app = build_app(settings, runners, stats, parked=duties)
+    ledger = Ledger(settings, duties, backoff) if duties is not None else None
+    if duties is not None and settings.worker.employee_sync_s > 0:
+        _sync_employees_while_running(app, settings)
     if exit_when_idle_s is not None:
         _exit_when_idle(app, stats, exit_when_idle_s)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
+        if ledger is not None:
+            ledger.start()
         worker.execute_from_commandline()
     finally:
+        if ledger is not None:
+            ledger.stop()
         for runner in runners:
             runner.close()
+        if duties is not None:
+            duties.close()
         stats.save()

@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 
 from schemas.punch import EnrichedPunch
 from sinks.base import WriteResult
+from sinks.postgres_ledger import resolve_sql
 from sinks.postgres_timesheets import recompute
 from sinks.rows import POSTGRES_COLUMNS, postgres_row
 from tapstream.errors import PermanentSinkError, SinkError, TransientSinkError
@@ -65,6 +66,7 @@ _MOVE = sql.SQL(
     old=sql.SQL(", ").join(sql.SQL("r.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
     new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
 )
+_RESOLVE = resolve_sql(STAGE)
 # Rows about to move to another employee: that employee's old days need recomputing too.
 _REASSIGNED = sql.SQL(
     "SELECT r.employee_id, r.device_time FROM {table} r JOIN {stage} s USING (event_id)"
@@ -147,6 +149,7 @@ class PostgresSink:
             changed = [bool(new) for (new,) in cur.execute(_MOVE).fetchall()]
             if any(not new for new in changed):
                 logger.info("postgres: corrected %d existing rows", changed.count(False))
+            cur.execute(_RESOLVE)  # parked punches now recorded (a re-match) leave the open list
             if self._timesheets is not None:
                 # same transaction: records and their days land together
                 recompute(cur, self._timesheets, also=previous)

@@ -11,7 +11,9 @@ Wiring, and why it is this way (see shared/reference/stack-notes.md §2):
   idempotent and remain the authority;
 * ``employees``: a GlobalTable (every worker holds the whole map) fed by an agent on the
   compacted ``employees`` topic; punches wait until that feed has caught up with the topic
-  as it stood at start (streams.catchup), so a fresh worker does not park known employees.
+  as it stood at start (streams.catchup), so a fresh worker does not park known employees;
+* ``rematch``: a timer re-sending parked punches to the raw topic once their code is mapped
+  (streams.rematch), when the worker has Postgres, where parked punches are listed.
 """
 
 from __future__ import annotations
@@ -23,18 +25,26 @@ from typing import Any
 
 import faust
 
+from sinks.postgres import ConnectionSource
 from streams.batcher import Batcher
 from streams.catchup import CatchUp, start_positions
-from streams.employees import apply_employee_change
+from streams.employees import apply_employee_change, employee_from_table
 from streams.delivery import SinkRunner
+from streams.rematch import Rematcher
 from streams.stats import WorkerStats
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStats) -> faust.App:
-    """Create the Faust app for ``settings`` writing to ``sinks``; progress goes to ``stats``."""
+def build_app(
+    settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStats, parked: ConnectionSource | None = None
+) -> faust.App:
+    """Create the Faust app for ``settings`` writing to ``sinks``; progress goes to ``stats``.
+
+    ``parked``: a Postgres pool holding ``unmatched_punches``; given, parked punches are
+    re-sent as soon as their code is mapped (streams.rematch).
+    """
     worker = settings.worker
     settings.path("worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -76,7 +86,7 @@ def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStat
     )
     employees_loaded = CatchUp(start_positions(settings.kafka.bootstrap, worker.app_id, settings.topics.employees))
     topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
-              for name in (settings.topics.unmatched, settings.topics.dlq)}
+              for name in (settings.topics.unmatched, settings.topics.dlq, settings.topics.raw)}
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
@@ -105,5 +115,21 @@ def build_app(settings: Settings, sinks: Sequence[SinkRunner], stats: WorkerStat
     async def flush_due() -> None:
         await batcher.flush_if_due()
 
+    if parked is not None:
+        _wire_rematch(app, settings, Rematcher(
+            parked, lambda code: employee_from_table(employees, code), send, settings.topics.raw, settings.worker.rematch_cooldown_s,
+        ), employees_loaded)
+
     app.tapstream_batcher = batcher  # type: ignore[attr-defined]  # reached by tests and the runner
     return app
+
+
+def _wire_rematch(app: faust.App, settings: Settings, rematcher: Rematcher, loaded: CatchUp) -> None:
+    @app.timer(interval=settings.worker.rematch_interval_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
+    async def rematch() -> None:
+        if not loaded.ready:
+            return  # the map is still loading: every parked code would look unmapped anyway
+        try:
+            await rematcher.run_once()
+        except Exception as exc:  # Postgres down, a send failed: the next round tries again
+            logger.warning("re-match round failed, retrying in %.0fs: %s", settings.worker.rematch_interval_s, exc)

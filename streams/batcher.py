@@ -119,7 +119,7 @@ class Batcher:
         plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of, self.rules)
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
         await self._park(plan, outcomes)
-        self._remember(plan)
+        self._remember(plan, outcomes)
         for event in events:
             await self._stream.ack(event)
         self.stats.note_batch(plan, outcomes, self._sink_names)
@@ -130,10 +130,14 @@ class Batcher:
         )
 
     def _already_seen(self, msg: Incoming, event_id: uuid.UUID) -> bool:
+        """Seen before at another offset: a device's re-send, dropped. The same message again
+        (an operator's replay after an offset reset, a redelivery after a crash) passes: the
+        sinks are idempotent, and a dedup table must never swallow a replay."""
         # Windowed tables read the current event (its timestamp, its partition): make it this one.
         with _as_current(self._by_position[(msg.partition, msg.offset)]):
             window = self.dedup[str(event_id)]
-            return bool(window.now() or window.delta(self.dedup_window_s))
+            marks = {window.now(), window.delta(self.dedup_window_s)} - {0}
+        return bool(marks) and _dedup_mark(msg.offset) not in marks
 
     def _employee_of(self, code: str) -> EmployeeRecord | None:
         return employee_from_table(self.employees, code)
@@ -151,12 +155,20 @@ class Batcher:
             futures = [await self.send(*record) for record in records]
             await asyncio.gather(*futures)
 
-    def _remember(self, plan: BatchPlan) -> None:
-        marks = [((r.source_partition, r.source_offset), r.punch.event_id) for r in plan.to_write]
-        marks += [((u.msg.partition, u.msg.offset), u.punch.event_id) for u in plan.unmatched]
-        for position, event_id in marks:
-            with _as_current(self._by_position[position]):
-                self.dedup[str(event_id)] = 1
+    def _remember(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
+        # Written punches only: a parked one must pass when it is re-sent once its code is
+        # mapped, and one a sink rejected when it is replayed from quarantine after a fix.
+        rejected = {row.punch.event_id for outcome in outcomes for row, _ in outcome.rejected}
+        for row in plan.to_write:
+            if row.punch.event_id in rejected:
+                continue
+            with _as_current(self._by_position[(row.source_partition, row.source_offset)]):
+                self.dedup[str(row.punch.event_id)] = _dedup_mark(row.source_offset)
+
+
+def _dedup_mark(offset: int) -> int:
+    """What the dedup table holds for an event id: where it was first written (0 = unseen)."""
+    return offset + 1
 
 
 @contextmanager

@@ -62,8 +62,9 @@ class BatchPlan:
         return len(self.to_write) + len(self.unmatched) + len(self.quarantined) + self.duplicates
 
     def seen_ids(self) -> list[uuid.UUID]:
-        """Ids to remember once the batch is safely written (written and parked punches)."""
-        return [r.punch.event_id for r in self.to_write] + [u.punch.event_id for u in self.unmatched]
+        """Ids to remember once the batch is safely written: written punches only (a parked
+        punch is re-sent to the raw topic when its code is mapped, and must then pass)."""
+        return [r.punch.event_id for r in self.to_write]
 
 
 def decode_incoming(msg: Incoming) -> RawPunch | QuarantineRecord:

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from tapstream import logs
-from tapstream.commands import bench, demo, devices, emulate, employees, pull, push, schema, stack, worker
+from tapstream.commands import bench, demo, devices, emulate, employees, pull, push, quarantine, schema, stack, worker
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
 
@@ -27,6 +27,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(schema.app, name="schemas")
 app.add_typer(bench.app, name="bench")
 app.add_typer(emulate.app, name="emulate")
+app.add_typer(quarantine.app, name="quarantine")
 app.command("push")(push.push)
 app.command("pull")(pull.pull)
 app.command("backfill")(pull.backfill)

@@ -166,6 +166,12 @@ class WorkerSettings(BaseModel):
         60.0, description="Kafka group session timeout: how long a crashed worker keeps its partitions"
     )
     heartbeat_interval_s: float = Field(3.0, description="Kafka group heartbeat interval, seconds")
+    rematch_interval_s: float = Field(5.0, description="look for parked punches whose code is now mapped, seconds")
+    rematch_cooldown_s: float = Field(60.0, description="a re-sent parked punch is not re-sent again for this long, seconds")
+    employee_sync_s: float = Field(
+        30.0, description="publish Postgres `employees` changes to the topic this often, seconds (0: off)"
+    )
+    ledger_batch: int = Field(2000, description="unmatched/dlq messages per Postgres ledger write at most")
 
 
 class Settings(BaseSettings):

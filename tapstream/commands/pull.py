@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from datetime import datetime
 from types import FrameType
-from typing import Any
 
 import psycopg
 import typer
@@ -16,7 +14,7 @@ from producers.pull.backfill import backfill as run_backfill
 from producers.pull.supervisor import run_pull
 from producers.registry import DeviceInfo, postgres_loader
 from schemas.punch import zone
-from tapstream.commands.common import fail, settings_of
+from tapstream.commands.common import ProgressBars, fail, settings_of
 from tapstream.settings import Settings
 
 
@@ -44,7 +42,7 @@ def backfill(
     info = _registered(settings, device)
     timezone = info.timezone or settings.devices.default_timezone
     cutoff = _device_time(since, timezone) if since else None
-    bars = _Bars()
+    bars = ProgressBars()
     try:
         result = run_backfill(settings, info, cutoff, progress=bars.update)
     finally:
@@ -53,27 +51,6 @@ def backfill(
         f"backfilled {device}: {result.in_log} records in the log, {result.selected} selected, "
         f"{result.published} published to Kafka ({result.quarantined} quarantined) in {result.seconds:.1f} s"
     )
-
-
-class _Bars:
-    """One progress bar per stage (connecting, downloading, publishing), on stderr."""
-
-    def __init__(self) -> None:
-        self._stage = ""
-        self._bar: Any = None
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage != self._stage:
-            self.close()
-            self._stage = stage
-            self._bar = typer.progressbar(length=max(total, 1), label=f"{stage:<12}", show_pos=True, file=sys.stderr)
-            self._bar.__enter__()
-        self._bar.update(max(0, done - self._bar.pos))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
 
 
 def _registered(settings: Settings, serial: str) -> DeviceInfo:

@@ -22,3 +22,11 @@ def test_a_synced_topic_needs_nothing() -> None:
     table = {"1": emp("1", "E-1")}
     assert plan_sync(table, dict(table)) == plan_sync({}, {}) == plan_sync({}, {"9": None})
     assert plan_sync(table, dict(table)).upserts == [] and plan_sync(table, dict(table)).deletes == []
+
+
+def test_the_background_sync_never_empties_the_topic_from_an_empty_table() -> None:
+    topic = {"5": emp("5", "E-5")}
+    assert plan_sync({}, topic).deletes == ["5"]  # `tapstream employees sync`: the table is the truth
+    assert plan_sync({}, topic, empty_table_deletes=False).deletes == []
+    table = {"1": emp("1", "E-1")}
+    assert plan_sync(table, topic, empty_table_deletes=False).deletes == ["5"]  # a filled table still rules

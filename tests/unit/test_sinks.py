@@ -197,8 +197,11 @@ def test_postgres_batch_is_staged_then_moved_in_one_connection() -> None:
     assert pool.copy is not None and len(pool.copy.rows) == 2
     assert "ON COMMIT DROP" in pool.statements[0]
     # a repeat changes nothing unless a derived column was corrected (employee, zone, UTC time)
-    assert "ON CONFLICT (event_id) DO UPDATE" in pool.statements[-1]
-    assert "IS DISTINCT FROM" in pool.statements[-1]
+    move, resolve = pool.statements[-2:]
+    assert "ON CONFLICT (event_id) DO UPDATE" in move
+    assert "IS DISTINCT FROM" in move
+    # and parked punches now recorded (re-matched) are resolved in the same transaction
+    assert "UPDATE unmatched_punches" in resolve and "attendance_stage" in resolve
     assert not any("public." in statement for statement in pool.statements)
 
 
