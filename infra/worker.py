@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -41,11 +42,11 @@ def stats_path(settings: Settings) -> Any:
     return settings.path("worker", "stats.json")
 
 
-def open_sinks(settings: Settings, stats: WorkerStats) -> list[SinkRunner]:
-    """Open every configured sink, waiting (with backoff) for sinks that are down at start."""
+def open_sinks(settings: Settings, stats: WorkerStats, names: Sequence[str] | None = None) -> list[SinkRunner]:
+    """Open ``names`` (default: every configured sink), waiting (with backoff) for sinks down at start."""
     backoff = Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s)
     runners = []
-    for name in settings.worker.sinks:
+    for name in settings.worker.sinks if names is None else names:
         sink = _until_open(name, lambda n=name: _open_sink(n, settings), backoff)
         runners.append(SinkRunner(sink, backoff, stats.note_retry))
     return runners

@@ -11,7 +11,9 @@ import sys
 import typer
 
 from tapstream import logs
-from tapstream.commands import bench, demo, devices, emulate, employees, pull, push, quarantine, schema, stack, worker
+from tapstream.commands import (
+    bench, demo, devices, emulate, employees, pull, push, quarantine, replay, schema, stack, worker,
+)
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
 
@@ -33,6 +35,8 @@ app.command("pull")(pull.pull)
 app.command("backfill")(pull.backfill)
 app.command("worker")(worker.worker)
 app.command("demo")(demo.demo)
+app.command("replay")(replay.replay)
+app.command("checksums")(replay.checksums)
 
 
 @app.callback()
