@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 
 from infra.employee_sync import sync_employees
 from infra.migrate import migrate_clickhouse, migrate_postgres
+from infra.report_server import start_report_server
 from infra.topics import TopicSpec, ensure_topics
 from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.postgres import PostgresSink, open_pool
@@ -182,6 +183,7 @@ def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> Non
     if exit_when_idle_s is not None:
         _exit_when_idle(app, stats, exit_when_idle_s)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    reports = start_report_server(settings, runners)  # the sinks are open: serve `tapstream report`
     try:
         if ledger is not None:
             ledger.start()
@@ -189,6 +191,7 @@ def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> Non
     finally:
         if ledger is not None:
             ledger.stop()
+        reports.close()  # before the sinks: its queries run on the ClickHouse sink's thread
         for runner in runners:
             runner.close()
         if duties is not None:

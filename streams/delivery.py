@@ -19,12 +19,15 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from schemas.punch import EnrichedPunch
 from sinks.base import Sink, WriteResult
 from tapstream.errors import PermanentSinkError, TransientSinkError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,13 @@ class SinkRunner:
                 continue
             outcome.written += result.offered
             outcome.inserted += result.inserted
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the sink's thread and return its result (blocks: call it off the event loop).
+
+        For work that must not overlap the sink's writes, e.g. a report on the sink's store.
+        """
+        return self._thread.submit(fn).result()
 
     def stop(self) -> None:
         """Release the sink's thread; the sink itself stays open."""

@@ -12,7 +12,7 @@ import typer
 
 from tapstream import logs
 from tapstream.commands import (
-    bench, demo, devices, emulate, employees, pull, push, quarantine, replay, schema, stack, worker,
+    bench, demo, devices, emulate, employees, pull, push, quarantine, replay, report, schema, stack, worker,
 )
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
@@ -37,6 +37,7 @@ app.command("worker")(worker.worker)
 app.command("demo")(demo.demo)
 app.command("replay")(replay.replay)
 app.command("checksums")(replay.checksums)
+app.command("report")(report.report)
 
 
 @app.callback()

@@ -150,6 +150,13 @@ class TimesheetSettings(BaseModel):
     )
 
 
+class AnalyticsSettings(BaseModel):
+    """How `tapstream report` judges arrivals (reports: infra/reports.py, docs/analytics.md)."""
+
+    work_start: time = Field(time(9, 0), description="work starts at this local (device) time; later arrivals are late")
+    grace_minutes: int = Field(5, ge=0, description="a first arrival up to this many minutes after work_start is on time")
+
+
 class WorkerSettings(BaseModel):
     """The Faust stream worker."""
 
@@ -193,6 +200,7 @@ class Settings(BaseSettings):
     devices: DeviceSettings = DeviceSettings()
     pull: PullSettings = PullSettings()
     timesheets: TimesheetSettings = TimesheetSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     validation: ValidationSettings = ValidationSettings()
     worker: WorkerSettings = WorkerSettings()
 

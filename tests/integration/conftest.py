@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from clickhouse_connect.driver.client import Client
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -32,6 +33,7 @@ from infra.migrate import migrate_postgres
 from infra.postgres_server import PostgresServer
 from infra.stack import StackStatus, status
 from infra.topics import TopicSpec, ensure_topics
+from sinks.clickhouse import open_client
 from tapstream.settings import PostgresSettings, Settings
 from tests.integration.pipeline_helpers import Pipeline
 
@@ -200,6 +202,19 @@ def private_postgres(stack_settings: Settings) -> Iterator[Callable[[], Postgres
     for server, home in servers:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one embedded ClickHouse store this pytest process may open (chDB: one path per process)."""
+    return tmp_path_factory.getbasetemp() / "chdb"
+
+
+@pytest.fixture(scope="session")
+def chdb_client(chdb_path: Path) -> Iterator[Client]:
+    client = open_client(f"chdb://{chdb_path}", "default")
+    yield client
+    client.close()
 
 
 @pytest.fixture

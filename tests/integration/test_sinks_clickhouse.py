@@ -36,18 +36,6 @@ def punches(start: int, stop: int, *, employee_id: str = "E-1") -> list[Enriched
     return [punch(n, employee_id=employee_id) for n in range(start, stop)]
 
 
-@pytest.fixture(scope="session")
-def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.getbasetemp() / "chdb"
-
-
-@pytest.fixture(scope="session")
-def chdb_client(chdb_path: Path) -> Iterator[Client]:
-    client = open_client(f"chdb://{chdb_path}", "default")
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def ch_database(chdb_client: Client) -> Iterator[str]:
     database = f"t_{uuid.uuid4().hex[:12]}"

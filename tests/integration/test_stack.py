@@ -130,9 +130,10 @@ def test_clickhouse_migrations_twice_change_nothing(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["first"] == ["0001_foundation"] and result["second"] == []
-    assert result["tables"] == ["attendance_events", "schema_migrations"]
-    assert result["ledger"] == 1
+    assert result["first"] == ["0001_foundation", "0002_rollups"] and result["second"] == []
+    assert result["tables"] == ["arrivals_by_hour", "attendance_events", "attendance_events_latest",
+                                "daily_arrivals", "daily_presence", "device_activity", "schema_migrations"]
+    assert result["ledger"] == 2
 
 
 def test_private_broker_of_the_other_version_serves(
