@@ -36,7 +36,8 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to measure. batch_max None = the configured default; idle_s, timeout_s in seconds."""
+    """What to measure. batch_max None = the configured default; idle_s, timeout_s in seconds;
+    mix: re-sends, unknown badges and reset clocks among the events (infra.bench_events.Mix)."""
 
     events: int
     devices: int = 10
@@ -48,6 +49,7 @@ class BenchOptions:
     timeout_s: float = 1800.0
     start_timeout_s: float = 120.0
     seed: int = 7
+    mix: bool = True
 
 
 @dataclass(frozen=True)
@@ -168,13 +170,21 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], tim
         raise TapstreamError(f"loading {topic}: {remaining} unconfirmed, {len(failures)} failed: {failures[:3]}")
 
 
-def postgres_count(run: BenchRun) -> tuple[int, str]:
-    """Rows in the run's attendance_records, and the server version."""
+# What the bench counts in the run's schema: records (the sink), and what the worker's ledger
+# projected from attendance.unmatched and attendance.dlq.
+COUNTED_TABLES = ("attendance_records", "unmatched_punches", "quarantine")
+
+
+def postgres_counts(run: BenchRun) -> tuple[dict[str, int], str]:
+    """Rows of each COUNTED_TABLES table in the run's schema, and the server version."""
+    counts: dict[str, int] = {}
     with psycopg.connect(run.base_dsn) as conn:
-        query = sql.SQL("SELECT count(*) FROM {}.attendance_records").format(sql.Identifier(run.schema))
-        row = conn.execute(query).fetchone()
+        for table in COUNTED_TABLES:
+            query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(run.schema), sql.Identifier(table))
+            row = conn.execute(query).fetchone()
+            counts[table] = int(row[0]) if row else 0
         version = conn.execute("SHOW server_version").fetchone()
-    return (int(row[0]) if row else 0), (str(version[0]) if version else "?")
+    return counts, (str(version[0]) if version else "?")
 
 
 def clickhouse_count(run: BenchRun) -> tuple[int, str]:

@@ -21,7 +21,7 @@ def pipeline(
     ctx: typer.Context,
     events: int = typer.Option(20_000, "--events", min=1, help="raw punches to pre-load and carry through"),
     devices: int = typer.Option(10, "--devices", min=1, help="terminals the punches come from (= Kafka keys)"),
-    employees: int = typer.Option(1000, "--employees", min=1, help="employees published first; every punch matches one"),
+    employees: int = typer.Option(1000, "--employees", min=1, help="employees published first; the new punches' badges"),
     batch_max: int | None = typer.Option(None, "--batch-max", min=1, help="worker batch size (default: TAPSTREAM_WORKER__BATCH_MAX)"),
     profile: bool = typer.Option(False, "--profile", help="run the worker under cProfile; print the top functions"),
     keep: bool = typer.Option(False, "--keep", help="keep the run's topics, schema and stores"),
@@ -31,15 +31,20 @@ def pipeline(
         120.0, "--start-timeout", help="give up when the worker has consumed nothing after this many seconds"
     ),
     seed: int = typer.Option(7, "--seed", help="seed of the generated punches"),
+    mix: bool = typer.Option(
+        True, "--mix/--no-mix",
+        help="~3% re-sends, 1% unknown badges, 0.2% clocks reset to 2000 (--no-mix: all new, known)",
+    ),
 ) -> None:
     """Carry N punches through an isolated worker into both sinks; print one JSON line of figures.
 
-    Progress goes to stderr, the result line to stdout. Exit status 1 when the row counts in
-    PostgreSQL and ClickHouse do not both equal N.
+    Progress goes to stderr, the result line to stdout. Exit status 1 unless PostgreSQL and
+    ClickHouse both hold exactly the expected records and the worker consumed N and counted
+    exactly the expected duplicates, parked and quarantined punches.
     """
     options = BenchOptions(events=events, devices=devices, employees=employees, batch_max=batch_max,
                            profile=profile, keep=keep, idle_s=idle, timeout_s=timeout,
-                           start_timeout_s=start_timeout, seed=seed)
+                           start_timeout_s=start_timeout, seed=seed, mix=mix)
     result = run_pipeline_bench(settings_of(ctx), options, say=_say)
     emit_json(result)
     raise typer.Exit(0 if result["counts_match"] else 1)

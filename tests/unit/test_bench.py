@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import pytest
 from infra.bench_run import BenchOptions, plan_run
 from infra.bench_env import client_versions, machine, profile_summary
 from infra.bench_events import (
-    RESULT_KEYS, bench_devices, bench_employees, encoded_messages, generate_punches, rate, result_line,
-    time_breakdown, worker_rate, worker_span,
+    NO_MIX, RESULT_KEYS, Expected, Message, Mix, Workload, bench_devices, bench_employees, bench_workload,
+    counts_match, encoded_messages, generate_punches, rate, result_line, time_breakdown, unknown_badges,
+    worker_counts, worker_rate, worker_span,
 )
 from infra.bench_profile import threads_path
 from schemas.codec import decode
 from schemas.punch import RawPunch
-from tapstream.settings import Settings
+from streams.logic import Incoming, implausible, plan_batch
+from tapstream.settings import Settings, ValidationSettings
 
 
 def punches(events: int, devices: int = 4, employees: int = 50, seed: int = 7) -> list[RawPunch]:
@@ -62,6 +65,107 @@ def test_devices_spread_over_time_zones_and_employees_are_active() -> None:
 def test_a_workload_needs_devices_and_badges() -> None:
     with pytest.raises(ValueError):
         list(generate_punches(1, [], ["100000"]))
+
+
+def workload(events: int, seed: int = 7, mix: Mix = Mix(), employees: int = 50) -> Workload:
+    codes = [e.attendance_code for e in bench_employees(employees)]
+    return bench_workload(events, bench_devices(4), codes, mix=mix, seed=seed)
+
+
+def run_like_the_worker(messages: list[Message], employees: int = 50, batch: int = 1000) -> dict[str, int]:
+    """Plan the messages batch by batch as streams.batcher does: the dedup table remembers
+    written punches only, and one key always lands on one partition."""
+    staff = {e.attendance_code: e for e in bench_employees(employees)}
+    remembered: set[uuid.UUID] = set()
+    offsets: dict[int, int] = {}
+    totals = {"records": 0, "duplicates": 0, "unmatched": 0, "quarantined": 0}
+    for start in range(0, len(messages), batch):
+        incoming = []
+        for key, value in messages[start:start + batch]:
+            partition = sum(key) % 6
+            offsets[partition] = offsets.get(partition, -1) + 1
+            incoming.append(Incoming("attendance.raw", partition, offsets[partition], key, value))
+        plan = plan_batch(incoming, lambda _msg, event_id: event_id in remembered, staff.get)
+        remembered.update(plan.seen_ids())
+        totals["records"] += len(plan.to_write)
+        totals["duplicates"] += plan.duplicates
+        totals["unmatched"] += len(plan.unmatched)
+        totals["quarantined"] += len(plan.quarantined)
+    return totals
+
+
+def test_the_mixed_workload_is_deterministic_for_a_seed() -> None:
+    assert workload(2000) == workload(2000)
+    assert workload(2000, seed=8).messages != workload(2000).messages
+
+
+def test_without_the_mix_the_workload_is_the_plain_punches() -> None:
+    plain = encoded_messages(iter(punches(300)))
+    assert workload(300, mix=NO_MIX) == Workload(plain, Expected(records=300, duplicates=0, unmatched=0, quarantined=0))
+
+
+def test_the_mix_has_its_proportions_and_n_stays_the_number_of_messages() -> None:
+    load = workload(10_000)
+    assert len(load.messages) == 10_000
+    assert load.expected == Expected(records=9580, duplicates=300, unmatched=100, quarantined=20)
+    badges = [decode(RawPunch, value).user_code for _key, value in load.messages]
+    assert sum(code in unknown_badges([]) for code in badges) == 100
+    assert decode(RawPunch, load.messages[0][1]).user_code not in unknown_badges([])  # a new punch comes first
+
+
+def test_expected_records_are_the_distinct_valid_punches_of_known_badges() -> None:
+    load, known = workload(10_000), {e.attendance_code for e in bench_employees(50)}
+    decoded = [decode(RawPunch, value) for _key, value in load.messages]
+    rejected = [p for p in decoded if implausible(p, ValidationSettings()) is not None]
+    valid = [p for p in decoded if implausible(p, ValidationSettings()) is None]
+    recordable = [p for p in valid if p.user_code in known]
+    assert load.expected.records == len({p.event_id for p in recordable})
+    assert load.expected.duplicates == len(recordable) - load.expected.records
+    assert load.expected.quarantined == len(rejected)
+    assert load.expected.unmatched == len(valid) - len(recordable)
+    assert {p.device_time.year for p in rejected} == {2000}  # a reset clock, nothing else
+
+
+def test_the_worker_logic_counts_exactly_what_the_workload_expects() -> None:
+    for seed in (7, 8):
+        load = workload(10_000, seed=seed)
+        assert run_like_the_worker(load.messages) == load.expected.as_dict(), seed
+
+
+def test_resends_come_after_their_original_on_its_key_half_of_them_byte_identical() -> None:
+    load = workload(10_000)
+    first: dict[uuid.UUID, tuple[int, Message]] = {}
+    identical = changed = 0
+    for position, (key, value) in enumerate(load.messages):
+        punch = decode(RawPunch, value)
+        if punch.event_id not in first:
+            first[punch.event_id] = (position, (key, value))
+            continue
+        earlier, (original_key, original_value) = first[punch.event_id]
+        assert earlier < position and key == original_key
+        original = decode(RawPunch, original_value)
+        identical += value == original_value
+        changed += value != original_value and original.model_copy(update={"received_at": punch.received_at}) == punch
+    assert (identical, changed) == (150, 150)
+
+
+def test_a_mix_must_leave_new_punches_and_badges_must_stay_unknown() -> None:
+    with pytest.raises(ValueError, match="no new punch"):
+        workload(100, mix=Mix(duplicates=0.5, unmatched=0.5, quarantined=0.0))
+    with pytest.raises(ValueError, match="unknown badges"):
+        unknown_badges(["900000007"])
+    assert len(workload(1).messages) == 1
+
+
+def test_counts_match_only_when_sinks_and_worker_counts_are_all_exact() -> None:
+    expected = Expected(records=95, duplicates=3, unmatched=1, quarantined=1)
+    counted = worker_counts({"consumed": 100, "duplicates": 3, "unmatched": 1, "quarantined": 1, "rejected": 0})
+    assert counts_match(100, expected, counted, 95, 95)
+    assert not counts_match(100, expected, counted, 95, 96)
+    assert not counts_match(100, expected, counted, 96, 96)
+    for key in ("consumed", "duplicates", "unmatched", "quarantined"):
+        assert not counts_match(100, expected, {**counted, key: (counted[key] or 0) + 1}, 95, 95), key
+    assert not counts_match(100, expected, worker_counts({}), 95, 95)
 
 
 def test_rate_arithmetic() -> None:
