@@ -2,13 +2,15 @@
 
 Brings the stack up, registers three push devices, imports an HR list, starts the worker and
 the ADMS endpoint as real processes, plays a simulated morning (infra.simulate), then serves two
-emulated pull terminals to `tapstream pull` (infra.demo_pull), waits until everything is
+emulated pull terminals to `tapstream pull` (infra.demo_pull), has HR enrol the unknown badges
+(their parked punches are then recorded by the worker itself), waits until everything is
 carried through, then reads every store and compares with what the scenario and the terminals
 say must be there. Each run simulates an earlier morning, so runs never collide.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -19,10 +21,12 @@ import psycopg
 
 from infra import stack
 from infra.demo_pull import play_pull
+from infra.employee_sync import sync_employees
 from infra.employees import import_employees
 from infra.harness import (
     TapstreamProcess, free_port, group_lag, topic_ends, wait_drained, wait_http, wait_worker, worker_stats,
 )
+from infra.reports import format_table, run_report
 from infra.simulate import Expected, SimDevice, morning, post_scenario
 from producers.registry import add_device
 from sinks.clickhouse import open_client
@@ -64,7 +68,9 @@ def run_demo(settings: Settings, say: Any = print) -> bool:
     port = free_port()
     logs = settings.path("demo")
     stats_file = settings.path("worker", "stats.json")
-    with TapstreamProcess(["worker"], logs / "worker.log") as worker:
+    # HR's edits reach the worker in seconds rather than the default 30 s, for the late enrolment below.
+    worker_env = {**os.environ, "TAPSTREAM_WORKER__EMPLOYEE_SYNC_S": "2"}
+    with TapstreamProcess(["worker"], logs / "worker.log", env=worker_env) as worker:
         # Leftovers of an interrupted run are carried through first, so they do not count here.
         _wait_caught_up(settings, worker, 120)
         offsets, baseline, since = _topic_ends(settings), worker_stats(stats_file, worker.pid), datetime.now(UTC)
@@ -78,9 +84,50 @@ def run_demo(settings: Settings, say: Any = print) -> bool:
         after_push = _topic_ends(settings)
         pulled = play_pull(settings, logs, say)
         wait_worker(stats_file, worker, final.get("consumed", 0) + len(pulled.event_ids), 120)
+        enrolled = _enrol_late(settings, worker, since, scenario.expected.unmatched, say)
+    _forget_late(settings)  # so the next run parks them again
     # After the worker has stopped: the embedded ClickHouse store is free to open.
     observed = _observe(settings, offsets, after_push, baseline, final, since, replies, pulled.serials)
-    return _report(scenario.expected, len(pulled.event_ids), observed, day, say)
+    ok = _report(scenario.expected, len(pulled.event_ids), observed, enrolled, day, say)
+    _presence(settings, day, say)
+    return ok
+
+
+def _late_rows(settings: Settings, since: datetime) -> int:
+    with psycopg.connect(settings.postgres.effective_dsn()) as conn:
+        row = conn.execute("SELECT count(*) FROM attendance_records WHERE user_code = ANY(%s) AND received_at >= %s",
+                           (UNKNOWN, since)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _enrol_late(settings: Settings, worker: TapstreamProcess, since: datetime, parked: int, say: Any) -> int:
+    """HR enrols the unknown badges in Postgres; the worker records their parked punches by itself."""
+    say(f"HR enrols badges {', '.join(UNKNOWN)} in PostgreSQL employees; waiting for their parked punches")
+    with psycopg.connect(settings.postgres.effective_dsn()) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO employees (attendance_code, employee_id, name) VALUES (%s, %s, %s)"
+            " ON CONFLICT (attendance_code) DO UPDATE SET employee_id = EXCLUDED.employee_id, active = true",
+            [(code, f"E-{code}", f"Late hire {code}") for code in UNKNOWN])
+    deadline = time.monotonic() + 90
+    while (found := _late_rows(settings, since)) < parked and time.monotonic() < deadline and worker.alive():
+        time.sleep(0.5)
+    return found
+
+
+def _forget_late(settings: Settings) -> None:
+    with psycopg.connect(settings.postgres.effective_dsn()) as conn:
+        conn.execute("DELETE FROM employees WHERE attendance_code = ANY(%s)", (UNKNOWN,))
+    sync_employees(settings.postgres.effective_dsn(), settings.kafka.bootstrap, settings.topics.employees)
+
+
+def _presence(settings: Settings, day: date, say: Any) -> None:
+    client = open_client(settings.clickhouse_dsn(), settings.clickhouse.database)
+    try:
+        result = run_report(client, settings.clickhouse.database, "daily-presence", day, day + timedelta(days=1),
+                            settings.analytics)
+    finally:
+        client.close()
+    say(f"\n$ tapstream report daily-presence --from {day} --to {day + timedelta(days=1)}\n{format_table(result)}")
 
 
 def _next_morning(settings: Settings) -> tuple[date, int]:
@@ -166,7 +213,7 @@ def _rows(settings: Settings, serials: list[str], since: datetime) -> tuple[int,
     return (int(row[0]) if row else 0), int(str(ch))
 
 
-def _report(exp: Expected, pulled: int, obs: Observed, day: date, say: Any) -> bool:
+def _report(exp: Expected, pulled: int, obs: Observed, enrolled: int, day: date, say: Any) -> bool:
     lines_sent = exp.raw_messages + exp.quarantined
     checks = [
         ("ADMS lines acknowledged to devices (OK: n)", lines_sent, obs.accepted),
@@ -175,8 +222,10 @@ def _report(exp: Expected, pulled: int, obs: Observed, day: date, say: Any) -> b
         ("duplicates dropped by the stream (re-sent batches)", exp.resent_lines, obs.duplicates),
         ("unknown badges parked -> attendance.unmatched", exp.unmatched, obs.unmatched_topic),
         ("...of which counted by the worker", exp.unmatched, obs.unmatched),
-        ("PostgreSQL attendance_records (new rows)", exp.matched, obs.postgres),
-        ("ClickHouse attendance_events FINAL (new rows)", exp.matched, obs.clickhouse),
+        ("...recorded by themselves once HR enrolled them", exp.unmatched, enrolled),
+        # every distinct punch of a registered device, the late-enrolled badges' included
+        ("PostgreSQL attendance_records (new rows)", exp.unique_punches, obs.postgres),
+        ("ClickHouse attendance_events FINAL (new rows)", exp.unique_punches, obs.clickhouse),
         ("pull devices: punches recorded -> PostgreSQL rows", pulled, obs.pull_postgres),
         ("pull devices: punches recorded -> ClickHouse FINAL", pulled, obs.pull_clickhouse),
     ]
