@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 import psycopg
@@ -19,10 +19,12 @@ from sinks.timesheets import DayPunch, Timesheet, build, work_day
 from tapstream.settings import TimesheetSettings
 
 _TOUCHED = "SELECT DISTINCT employee_id, device_time FROM attendance_stage"
+# One index range per touched (employee, work day), never an employee's whole history.
 _PUNCHES = """
-SELECT employee_id, punch_time, device_time, punch_state, device_tz
-FROM attendance_records
-WHERE employee_id = ANY(%s) AND device_time >= %s AND device_time < %s
+SELECT r.employee_id, r.punch_time, r.device_time, r.punch_state, r.device_tz
+FROM unnest(%s::text[], %s::timestamp[]) AS t(employee_id, day_start)
+JOIN attendance_records r ON r.employee_id = t.employee_id
+    AND r.device_time >= t.day_start AND r.device_time < t.day_start + interval '1 day'
 """
 _UPSERT = """
 INSERT INTO timesheets (employee_id, work_day, timezone, first_in, last_out, worked_seconds, punches, pairs, flags)
@@ -59,17 +61,14 @@ def recompute(cur: psycopg.Cursor[Any], rules: TimesheetSettings,
 
 def _day_punches(cur: psycopg.Cursor[Any], touched: set[Key], rules: TimesheetSettings
                  ) -> tuple[dict[Key, list[DayPunch]], dict[Key, str]]:
-    days = [day for _employee, day in touched]
-    start = datetime.combine(min(days), rules.day_start)
-    end = datetime.combine(max(days) + timedelta(days=1), rules.day_start)
-    employees = sorted({employee for employee, _day in touched})
+    keys = sorted(touched)
+    starts = [datetime.combine(day, rules.day_start) for _employee, day in keys]
     punches: dict[Key, list[DayPunch]] = defaultdict(list)
     zones: dict[Key, str] = {}
-    for employee, at, local, state, zone in cur.execute(_PUNCHES, (employees, start, end)):
+    for employee, at, local, state, zone in cur.execute(_PUNCHES, ([e for e, _ in keys], starts)):
         key = (employee, work_day(local, rules.day_start))
-        if key in touched:
-            punches[key].append(DayPunch(at, local, state))
-            zones.setdefault(key, zone)
+        punches[key].append(DayPunch(at, local, state))
+        zones.setdefault(key, zone)
     return punches, zones
 
 

@@ -26,7 +26,8 @@ from tapstream.errors import StackError
 from tapstream.settings import SUPPORTED_KAFKA_VERSIONS, Settings
 
 # Written out, not globbed: adding a migration is a decision this test should be told about.
-POSTGRES_MIGRATIONS = ["0001_foundation", "0002_pull_devices", "0003_timesheets", "0004_quarantine_unmatched"]
+POSTGRES_MIGRATIONS = ["0001_foundation", "0002_pull_devices", "0003_timesheets", "0004_quarantine_unmatched",
+                       "0005_records_by_employee_day"]
 
 pytestmark = pytest.mark.integration
 
