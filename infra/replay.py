@@ -301,7 +301,11 @@ def _lookup(employees: Mapping[str, EmployeeRecord | None]) -> Callable[[str], E
     def employee_of(code: str) -> EmployeeRecord | None:
         record = employees.get(code)
         # the worker ignores a record filed under another code's key
-        return record if record is not None and record.attendance_code == code else None
+        if record is None or record.attendance_code != code:
+            return None
+        # A rebuild keeps a leaver's history: deactivation parks new punches live, but the
+        # replay cannot tell which punches came before it, and losing those is worse.
+        return record if record.active else record.model_copy(update={"active": True})
     return employee_of
 
 

@@ -12,6 +12,7 @@ from infra.replay import (
     Move, PartitionRange, ReplayDedup, ReplaySummary, live_would_drop, offsets_to_move, parse_moment, plan_ranges,
     refusal,
 )
+from infra.replay import _lookup as employee_lookup  # the replay's map rule, private on purpose
 from schemas.codec import encode
 from schemas.employee import EmployeeRecord
 from schemas.punch import RawPunch
@@ -155,3 +156,15 @@ def test_the_replay_forgets_ids_no_later_copy_could_duplicate() -> None:
         dedup.remember(plan_batch([msg], dedup.already_seen, CODES.get))
         assert len(dedup) <= 4  # the newest message's window and the two before it, not the range
     assert len(dedup) == 3
+
+
+def test_a_rebuild_keeps_the_history_of_deactivated_employees_but_not_of_removed_codes() -> None:
+    employees = {
+        "1": EmployeeRecord(attendance_code="1", employee_id="E-1", active=False),
+        "2": None,  # removed from employees: a tombstone
+        "3": EmployeeRecord(attendance_code="9", employee_id="E-9"),  # filed under another code
+    }
+    lookup = employee_lookup(employees)
+    leaver = lookup("1")
+    assert leaver is not None and leaver.employee_id == "E-1" and leaver.active
+    assert lookup("2") is None and lookup("3") is None and lookup("4") is None
