@@ -10,7 +10,8 @@ the durable record; the tables follow them:
   both writes are idempotent, so a crash or a rebalance repeats rows, never loses them;
 * Postgres unavailable: the same batch is retried with backoff until it lands (logged every
   attempt); rows Postgres refuses as data are written one by one so the rest land, and the
-  refused ones are logged with their topic position (they remain on the topic).
+  refused ones are logged with their topic position (they remain on the topic);
+* an unexpected error restarts the consumer from the committed offsets after a pause.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ class Ledger:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._consume()
+            except Exception:  # a bug, not an outage: say so loudly, start over from the committed offsets
+                logger.exception("ledger failed; restarting it in %.0fs (the topics still hold everything)",
+                                 self.backoff.max_s)
+                self._stop.wait(self.backoff.max_s)
+
+    def _consume(self) -> None:
         consumer = Consumer(self.config)
         try:
             consumer.subscribe([self.topics.unmatched, self.topics.dlq])
@@ -65,8 +75,6 @@ class Ledger:
                 messages = [m for m in consumer.consume(self.batch, timeout=0.5) if _usable(m)]
                 if messages and self._store(messages):
                     _commit(consumer, messages)
-        except Exception:  # a bug: say so loudly; the topics still hold everything
-            logger.exception("ledger stopped; attendance.unmatched/dlq are no longer projected into Postgres")
         finally:
             consumer.close()
 
