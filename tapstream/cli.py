@@ -12,7 +12,7 @@ import typer
 
 from tapstream import logs
 from tapstream.commands import (
-    bench, demo, devices, emulate, employees, pull, push, quarantine, replay, report, schema, stack, worker,
+    bench, demo, devices, emulate, employees, pull, push, quarantine, replay, report, schema, stack, status, worker,
 )
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
@@ -38,6 +38,7 @@ app.command("demo")(demo.demo)
 app.command("replay")(replay.replay)
 app.command("checksums")(replay.checksums)
 app.command("report")(report.report)
+app.command("status")(status.status)
 
 
 @app.callback()

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import psycopg
 from confluent_kafka import Consumer, Producer
 
+from infra.employee_sync import read_topic
 from infra.harness import TapstreamProcess, free_port, pull_devices, worker_stats
 from producers.registry import add_device
 from schemas.codec import encode
@@ -49,6 +50,8 @@ PULL_ENV = {
     "TAPSTREAM_PULL__BACKOFF_MAX_S": "2",
     "TAPSTREAM_DEVICES__REGISTRY_REFRESH_S": "1",
 }
+# The worker's Postgres duties in test time: HR's employee edits synced, parked punches re-matched, every second.
+FAST_WORKER = {"TAPSTREAM_WORKER__EMPLOYEE_SYNC_S": "1", "TAPSTREAM_WORKER__REMATCH_INTERVAL_S": "1"}
 CLICKHOUSE_DATABASE = "tapstream"  # Settings().clickhouse.database
 
 
@@ -201,6 +204,17 @@ def register_pull_device(dsn: str, serial: str, port: int, timezone: str = "UTC"
     with psycopg.connect(dsn) as conn:
         add_device(conn, serial=serial, kind="pull", timezone=timezone, name=serial, site="test",
                    address="127.0.0.1", port=port, comm_key=comm_key, transport=transport)
+
+
+def add_employee(dsn: str, code: str, employee_id: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO employees (attendance_code, employee_id, name) VALUES (%s, %s, %s)",
+                     (code, employee_id, f"Employee {code}"))
+
+
+def synced(pipeline: Pipeline, code: str, worker: TapstreamProcess) -> None:
+    """Wait until the worker has published the Postgres employees table to the topic itself."""
+    wait_for(lambda: code in read_topic(pipeline.bootstrap, pipeline.employees), 30, f"{code} on the topic", worker)
 
 
 def employees(codes: Iterable[str]) -> list[EmployeeRecord]:

@@ -18,33 +18,22 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka import ConsumerGroupTopicPartitions
 
-from infra.employee_sync import read_topic
-from infra.harness import TapstreamProcess, wait_worker
-from tests.integration.pipeline_helpers import Pipeline, clickhouse_counts, pg_count, produce, raw_punches, wait_for
+from infra.harness import wait_worker
+from tests.integration.pipeline_helpers import (
+    FAST_WORKER, Pipeline, add_employee, clickhouse_counts, pg_count, produce, raw_punches, synced, wait_for,
+)
 
 if TYPE_CHECKING:
     from tests.integration.conftest import PgSchema
 
-FAST = {"TAPSTREAM_WORKER__EMPLOYEE_SYNC_S": "1", "TAPSTREAM_WORKER__REMATCH_INTERVAL_S": "1"}
 OPEN = "SELECT count(*) FROM unmatched_punches WHERE resolved_at IS NULL"
-
-
-def add_employee(dsn: str, code: str, employee_id: str) -> None:
-    with psycopg.connect(dsn) as conn:
-        conn.execute("INSERT INTO employees (attendance_code, employee_id, name) VALUES (%s, %s, %s)",
-                     (code, employee_id, f"Employee {code}"))
-
-
-def synced(pipeline: Pipeline, code: str, worker: TapstreamProcess) -> None:
-    """Wait until the worker has published the Postgres employees table to the topic itself."""
-    wait_for(lambda: code in read_topic(pipeline.bootstrap, pipeline.employees), 30, f"{code} on the topic", worker)
 
 
 def test_parked_punches_are_recorded_once_hr_maps_their_code(
     make_pipeline: Callable[..., Pipeline], pg_schema: PgSchema
 ) -> None:
     dsn = pg_schema.dsn
-    pipeline = make_pipeline(dsn, **FAST)
+    pipeline = make_pipeline(dsn, **FAST_WORKER)
     add_employee(dsn, "3001", "E-3001")
     known = raw_punches("LATE-MAP-01", ["3001"], 20, datetime(2026, 5, 4, 7, 0))
     unknown = raw_punches("LATE-MAP-01", ["7777"], 10, datetime(2026, 5, 4, 9, 0))
@@ -73,7 +62,7 @@ def test_an_operator_replay_is_not_swallowed_by_dedup(
     make_pipeline: Callable[..., Pipeline], pg_schema: PgSchema
 ) -> None:
     dsn = pg_schema.dsn
-    pipeline = make_pipeline(dsn, **FAST)
+    pipeline = make_pipeline(dsn, **FAST_WORKER)
     add_employee(dsn, "3002", "E-3002")
     punches = raw_punches("REPLAY-01", ["3002"], 50, datetime(2026, 5, 5, 7, 0))
     worker = pipeline.start_worker()
