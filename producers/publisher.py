@@ -277,7 +277,21 @@ class Publisher:
             backoff = self._backoff[0]
             if confirmed == 0 or self._spool.depth() == 0:
                 self._wake.wait(self._idle_tick_s)
+        self._last_rounds()
         self._shutdown()
+
+    def _last_rounds(self) -> None:
+        """Publish what was spooled just before the stop (a pull device's final "stopped" status),
+        within the shutdown budget, rather than leave it for the next start."""
+        while self._spool.depth() and time.monotonic() < self._stop_deadline:
+            failures_before = self.failed_rounds
+            try:
+                confirmed = self.drain_once()
+            except Exception:  # the rows stay in the spool: the next start sends them
+                logger.exception("last publisher round crashed")
+                return
+            if confirmed == 0 or self.failed_rounds > failures_before:
+                return
 
     def _shutdown(self) -> None:
         if self._producer is not None:

@@ -289,6 +289,24 @@ def test_background_thread_drains_on_wake(spool: Spool) -> None:
     assert stats["published"] == 20 and stats["spool_depth"] == 0
 
 
+def test_rows_spooled_just_before_a_stop_are_published_by_it(spool: Spool) -> None:
+    producer = FakeProducer()
+    pub = Publisher(spool, Settings(), producer_factory=lambda config: producer, idle_tick_s=30)
+    pub.start()
+    spool.append(records(3))  # say, the devices' final "stopped" statuses: nobody wakes the thread
+    pub.stop(5)
+    assert spool.depth() == 0 and pub.published == 3
+
+
+def test_a_stop_with_kafka_away_leaves_the_rows_spooled(spool: Spool) -> None:
+    producer = FakeProducer(fail=lambda value: True)
+    pub = Publisher(spool, Settings(), producer_factory=lambda config: producer, idle_tick_s=30)
+    pub.start()
+    spool.append(records(3))
+    pub.stop(5)
+    assert spool.depth() == 3 and pub.published == 0
+
+
 def test_producer_config_is_idempotent_and_bounded() -> None:
     config = producer_config(Settings(), message_timeout_ms=5000)
     assert config["enable.idempotence"] is True and config["acks"] == "all"
