@@ -34,7 +34,7 @@ from producers.publisher import producer_config
 from producers.registry import DeviceInfo, postgres_loader
 from schemas.quarantine import Reason, Stage
 from sinks.postgres_quarantine import QuarantineRowValues
-from tapstream.errors import TapstreamError
+from tapstream.errors import TapstreamError, first_line
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -262,11 +262,11 @@ def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
             yield conn
     except psycopg.errors.UndefinedTable as exc:
-        raise QuarantineError(f"{_first_line(exc)}: run `tapstream stack up` to apply migrations") from exc
+        raise QuarantineError(f"{first_line(exc)}: run `tapstream stack up` to apply migrations") from exc
     except psycopg.OperationalError as exc:
-        raise QuarantineError(f"cannot reach PostgreSQL ({_first_line(exc)}); is `tapstream stack up` running?") from exc
+        raise QuarantineError(f"cannot reach PostgreSQL ({first_line(exc)}); is `tapstream stack up` running?") from exc
     except psycopg.Error as exc:
-        raise QuarantineError(f"PostgreSQL: {_first_line(exc)}") from exc
+        raise QuarantineError(f"PostgreSQL: {first_line(exc)}") from exc
 
 
 def replay(
@@ -309,7 +309,7 @@ def _devices(dsn: str) -> Mapping[str, DeviceInfo]:
     try:
         return {device.serial: device for device in postgres_loader(dsn)()}
     except psycopg.Error as exc:
-        raise QuarantineError(f"cannot read the device registry ({_first_line(exc)})") from exc
+        raise QuarantineError(f"cannot read the device registry ({first_line(exc)})") from exc
 
 
 def _selected_keys(conn: psycopg.Connection[Any], selection: Selection) -> list[tuple[int, int]]:
@@ -399,11 +399,6 @@ def _outcome(row: QuarantineRow, status: Status, punches: int, note: str) -> Rep
 
 def _skipped_id(key: tuple[int, int], why: str) -> ReplayOutcome:
     return ReplayOutcome(f"{key[0]}:{key[1]}", "", None, "skipped", 0, why)
-
-
-def _first_line(exc: BaseException) -> str:
-    # libpq messages run over several lines (hints, the query); one clear line is wanted.
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _row(values: Sequence[Any]) -> QuarantineRow:

@@ -24,7 +24,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from tapstream.errors import ConfigError, StackError
+from tapstream.errors import ConfigError, StackError, first_line
 from tapstream.settings import AnalyticsSettings
 
 DEFAULT_DAYS = 7
@@ -172,7 +172,7 @@ def run_report(
 
 
 def _query_error(report: Report, database: str, exc: ClickHouseError) -> StackError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     if getattr(exc, "code", None) in UNKNOWN_TABLE_CODES:
         return StackError(f"ClickHouse database {database} lacks the report views (migration 0002_rollups): "
                           f"run `tapstream stack up` or start the worker once ({first})")

@@ -35,7 +35,7 @@ from clickhouse_connect.driver.exceptions import OperationalError as ClientOpera
 from schemas.punch import EnrichedPunch
 from sinks.base import WriteResult
 from sinks.rows import CLICKHOUSE_COLUMNS, clickhouse_row, content_fingerprint, pivot
-from tapstream.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError
+from tapstream.errors import ConfigError, PermanentSinkError, SinkError, TransientSinkError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def open_client(dsn: str, database: str) -> Client:
     except ClickHouseError as exc:
         if "already initialized with path" in str(exc):
             raise ConfigError(f"this process already runs chDB on another path: {exc}") from exc
-        raise TransientSinkError(f"clickhouse unavailable: {_first_line(exc)}") from exc
+        raise TransientSinkError(f"clickhouse unavailable: {first_line(exc)}") from exc
     try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
     except ClickHouseError as exc:
@@ -138,17 +138,12 @@ def translate(exc: BaseException) -> SinkError:
     if isinstance(exc, UnicodeEncodeError):
         return PermanentSinkError("unencodable_text", f"clickhouse: {exc}")
     if isinstance(exc, ClientOperationalError):
-        return TransientSinkError(f"clickhouse unavailable: {_first_line(exc)}")
+        return TransientSinkError(f"clickhouse unavailable: {first_line(exc)}")
     code = getattr(exc, "code", None)
     if isinstance(exc, ClientDataError) and code is None:
         # Raised while serializing a column, before anything is sent: a value out of the
         # column type's range (a DateTime before 1970 or after 2106, a UInt8 over 255).
-        return PermanentSinkError("data_exception", f"clickhouse: {_first_line(exc)}")
+        return PermanentSinkError("data_exception", f"clickhouse: {first_line(exc)}")
     if code in DATA_ERROR_CODES:
-        return PermanentSinkError("data_exception", f"clickhouse {DATA_ERROR_CODES[code]}: {_first_line(exc)}")
-    return TransientSinkError(f"clickhouse error{f' {code}' if code else ''}: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        return PermanentSinkError("data_exception", f"clickhouse {DATA_ERROR_CODES[code]}: {first_line(exc)}")
+    return TransientSinkError(f"clickhouse error{f' {code}' if code else ''}: {first_line(exc)}")

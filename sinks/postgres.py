@@ -27,7 +27,7 @@ from sinks.base import WriteResult
 from sinks.postgres_ledger import resolve_sql
 from sinks.postgres_timesheets import recompute
 from sinks.rows import POSTGRES_COLUMNS, postgres_row
-from tapstream.errors import PermanentSinkError, SinkError, TransientSinkError
+from tapstream.errors import PermanentSinkError, SinkError, TransientSinkError, first_line
 from tapstream.settings import TimesheetSettings
 
 logger = logging.getLogger(__name__)
@@ -175,14 +175,9 @@ def translate(exc: BaseException) -> SinkError:
     if sqlstate is not None:
         reason = PERMANENT_CLASSES.get(sqlstate[:2])
         if reason is not None:
-            return PermanentSinkError(reason, f"postgres {sqlstate}: {_first_line(exc)}")
-        return TransientSinkError(f"postgres {sqlstate}: {_first_line(exc)}")
+            return PermanentSinkError(reason, f"postgres {sqlstate}: {first_line(exc)}")
+        return TransientSinkError(f"postgres {sqlstate}: {first_line(exc)}")
     if isinstance(exc, psycopg.DataError):
         # Raised by the driver itself before the server sees the row, e.g. a NUL byte in text.
-        return PermanentSinkError("data_exception", f"postgres: {_first_line(exc)}")
-    return TransientSinkError(f"postgres unavailable: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        return PermanentSinkError("data_exception", f"postgres: {first_line(exc)}")
+    return TransientSinkError(f"postgres unavailable: {first_line(exc)}")

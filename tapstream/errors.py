@@ -17,6 +17,12 @@ machine-readable ``reason`` so the dead-letter record says why.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (drivers add hints and the query below it), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class TapstreamError(Exception):
     """Base of every error Tapstream raises on purpose."""
 
