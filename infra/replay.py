@@ -41,7 +41,7 @@ from confluent_kafka.admin import AdminClient
 from infra.employee_sync import read_topic
 from infra.worker import open_sinks
 from schemas.employee import EmployeeRecord
-from streams.delivery import DeliveryOutcome, SinkRunner
+from streams.delivery import DeliveryOutcome, SinkRunner, stored
 from streams.logic import BatchPlan, Incoming, plan_batch
 from streams.stats import WorkerStats
 from tapstream.errors import TapstreamError
@@ -166,8 +166,9 @@ class ReplayDedup:
         first = self._written[msg.partition].get(event_id)
         return first is not None and live_would_drop(first, self._times[(msg.partition, msg.offset)], self.window_ms)
 
-    def remember(self, plan: BatchPlan) -> None:
-        for row in plan.to_write:
+    def remember(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """Like the worker: only rows every sink stored (a rejected one may come back, fixed)."""
+        for row in stored(plan.to_write, outcomes):
             at_ms = self._times[(row.source_partition, row.source_offset)]
             self._written[row.source_partition][row.punch.event_id] = at_ms
 
@@ -289,7 +290,7 @@ def _replay(consumer: Consumer, runners: Sequence[SinkRunner], settings: Setting
                 dedup.begin({(m.partition, m.offset): ts for m, ts in received})
                 decided = plan_batch([m for m, _ in received], dedup.already_seen, employee_of, settings.validation)
                 outcomes = loop.run(_deliver(runners, decided))
-                dedup.remember(decided)
+                dedup.remember(decided, outcomes)
                 summary.stats.note_batch(decided, outcomes, plan.sinks)
                 summary.written += len(decided.to_write)
                 _log_rejections(outcomes, plan.sinks)

@@ -24,7 +24,7 @@ from schemas.codec import encode
 from schemas.employee import EmployeeRecord
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from streams.catchup import CatchUp
-from streams.delivery import DeliveryOutcome, SinkRunner
+from streams.delivery import DeliveryOutcome, SinkRunner, stored
 from streams.employees import employee_from_table
 from streams.logic import BatchPlan, Incoming, plan_batch
 from streams.stats import WorkerStats
@@ -156,12 +156,9 @@ class Batcher:
             await asyncio.gather(*futures)
 
     def _remember(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
-        # Written punches only: a parked one must pass when it is re-sent once its code is
+        # Stored punches only: a parked one must pass when it is re-sent once its code is
         # mapped, and one a sink rejected when it is replayed from quarantine after a fix.
-        rejected = {row.punch.event_id for outcome in outcomes for row, _ in outcome.rejected}
-        for row in plan.to_write:
-            if row.punch.event_id in rejected:
-                continue
+        for row in stored(plan.to_write, outcomes):
             with _as_current(self._by_position[(row.source_partition, row.source_offset)]):
                 self.dedup[str(row.punch.event_id)] = _dedup_mark(row.source_offset)
 

@@ -56,6 +56,12 @@ class DeliveryOutcome:
     rejected: list[tuple[EnrichedPunch, PermanentSinkError]] = field(default_factory=list)
 
 
+def stored(rows: Sequence[EnrichedPunch], outcomes: Sequence[DeliveryOutcome]) -> list[EnrichedPunch]:
+    """The rows every sink took: a row any sink rejected is not stored (it is dead-lettered)."""
+    rejected = {row.punch.event_id for outcome in outcomes for row, _ in outcome.rejected}
+    return [row for row in rows if row.punch.event_id not in rejected]
+
+
 class SinkRunner:
     """One sink plus the single thread its blocking driver runs in."""
 

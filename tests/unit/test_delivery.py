@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from schemas.punch import EnrichedPunch, PunchSource, make_raw_punch
 from sinks.base import WriteResult
-from streams.delivery import Backoff, SinkRunner
+from streams.delivery import Backoff, SinkRunner, stored
 from tapstream.errors import PermanentSinkError, TransientSinkError
 
 FAST = Backoff(initial_s=0.001, max_s=0.004)
@@ -76,6 +76,14 @@ def test_rejected_rows_are_isolated_and_every_other_row_is_written() -> None:
     assert len(sink.stored) == 62
     # bisection, not row by row: far fewer calls than rows
     assert sink.calls < 30
+
+
+def test_a_row_any_sink_rejected_is_not_stored() -> None:
+    batch = rows(64)
+    outcome, _ = deliver(FlakySink(bad=frozenset({"13"})), batch)
+    clean, _ = deliver(FlakySink(), batch)
+    kept = stored(batch, [clean, outcome])
+    assert len(kept) == 63 and all(r.punch.user_code != "13" for r in kept)
 
 
 def test_an_empty_batch_touches_nothing() -> None:

@@ -104,7 +104,7 @@ def test_the_replay_drops_what_it_wrote_itself_within_the_window_and_nothing_els
     for msg, (_, hours) in zip(batch, punches, strict=True):  # one message per batch: across batches
         dedup.begin({(0, msg.offset): start_ms + hours * HOUR_MS})
         plan = plan_batch([msg], dedup.already_seen, CODES.get)
-        dedup.remember(plan)
+        dedup.remember(plan, [])  # no sink rejected anything
         written += [(r.source_offset, r.punch.received_at) for r in plan.to_write]
     # the re-send an hour later is what the live worker dropped; 13 hours later it passed again
     assert [offset for offset, _ in written] == [0, 1, 3]
@@ -153,7 +153,7 @@ def test_the_replay_forgets_ids_no_later_copy_could_duplicate() -> None:
     for hour in range(48):  # one punch an hour for two days, each batch an hour later
         msg = Incoming("attendance.raw", 0, hour, b"SN", encode(enriched(hour).punch))
         dedup.begin({(0, hour): hour * HOUR_MS})
-        dedup.remember(plan_batch([msg], dedup.already_seen, CODES.get))
+        dedup.remember(plan_batch([msg], dedup.already_seen, CODES.get), [])
         assert len(dedup) <= 4  # the newest message's window and the two before it, not the range
     assert len(dedup) == 3
 
