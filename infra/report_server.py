@@ -210,7 +210,10 @@ def ask_worker(path: Path, request: ReportRequest, timeout_s: float = DEFAULT_TI
             raise StackError(f"the worker did not answer report {request.name} within {timeout_s:.0f}s") from exc
     if not line:
         raise StackError("the worker closed the report connection without answering (stopping?): retry")
-    reply = json.loads(line)
+    try:
+        reply = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise StackError(f"the worker's answer to report {request.name} is not JSON: {exc}") from exc
     if not reply.get("ok"):
         raise StackError(f"the worker could not run report {request.name}: {reply.get('error')}")
     return ReportResult.from_json(reply)

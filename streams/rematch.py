@@ -85,6 +85,3 @@ class Rematcher:
     def _mark(self, ids: list[uuid.UUID]) -> None:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             mark_rematched(cur, ids)
-
-    def close(self) -> None:
-        self._thread.shutdown(wait=True)
