@@ -56,6 +56,8 @@ have_postgres || packages+=(postgresql)
 [ "$(java_major)" -ge 17 ] 2>/dev/null || packages+=(JAVA)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
 have_python311 || packages+=(python3.11 python3.11-venv)
+# the monitor page's browser test (tests/integration/test_monitor_page.py) runs Debian's Chromium
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || packages+=(chromium chromium-driver)
 
 if [ ${#packages[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "missing ${packages[*]} and no apt-get: install them by hand"

@@ -5,6 +5,8 @@
     attendance.dlq        records a sink or decoder rejected, with the reason and origin
     employees             HR's employee list, latest record per attendance code (compacted)
     devices.status        each pull device's latest status, keyed by serial (compacted)
+    attendance.live       every recorded punch, as the live feed shows it, keyed by device serial
+    alerts                alert incidents opening and resolving, keyed by kind:subject
 
 Partition counts are never changed here: stream tables are partitioned like the raw topic,
 so a different count on an existing topic is reported, not "fixed".
@@ -69,6 +71,10 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
         # The latest status per device is all a monitor needs: compacted, one partition so a
         # reader sees every device's updates in the order they were published.
         TopicSpec(topics.device_status, 1, {"cleanup.policy": "compact"}),
+        # One partition: the live feed is a few hundred events a second at most, and one total
+        # order makes an SSE Last-Event-ID a single offset.
+        TopicSpec(topics.live, 1, _retention(topics.live_retention_days)),
+        TopicSpec(topics.alerts, 1, _retention(topics.alerts_retention_days)),
     ]
 
 

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.alert import Alert
 from schemas.device_status import DeviceStatus
 from schemas.employee import EmployeeRecord
+from schemas.live import LivePunch
 from schemas.punch import RawPunch
 from schemas.quarantine import QuarantineRecord, Reason
 from tapstream.errors import ContractError
@@ -30,6 +32,8 @@ _UPGRADES: dict[type[BaseModel], dict[int, Upgrade]] = {
     QuarantineRecord: {},
     EmployeeRecord: {},
     DeviceStatus: {},
+    LivePunch: {},
+    Alert: {},
 }
 
 CONTRACTS: dict[str, type[BaseModel]] = {
@@ -37,6 +41,8 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "quarantine": QuarantineRecord,
     "employee": EmployeeRecord,
     "device_status": DeviceStatus,
+    "live_punch": LivePunch,
+    "alert": Alert,
 }
 
 

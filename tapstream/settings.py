@@ -57,6 +57,8 @@ class TopicSettings(BaseModel):
     dlq: str = "attendance.dlq"
     employees: str = "employees"
     device_status: str = "devices.status"
+    live: str = "attendance.live"
+    alerts: str = "alerts"
     # Fixed for the life of a deployment: stream tables are partitioned like the raw topic.
     raw_partitions: int = 6
     # The employee map is small; one partition keeps its changelog and feed trivially aligned.
@@ -64,6 +66,9 @@ class TopicSettings(BaseModel):
     # The raw topic is the replay log: its retention is the replay horizon.
     raw_retention_days: int = 90
     dlq_retention_days: int = 365
+    # The live feed is for watching and for a reconnecting browser: a week is plenty.
+    live_retention_days: int = 7
+    alerts_retention_days: int = 90
 
 
 class PostgresSettings(BaseModel):
@@ -181,6 +186,42 @@ class WorkerSettings(BaseModel):
     ledger_batch: int = Field(2000, description="unmatched/dlq messages per Postgres ledger write at most")
 
 
+class MonitorSettings(BaseModel):
+    """The live monitor (`tapstream monitor`): SSE at /events, the page at /, alerts."""
+
+    host: str = Field("127.0.0.1", description="listen address of the page, /events and /metrics")
+    port: int = Field(8090, description="listen port")
+    ring_events: int = Field(50_000, description="recent events kept in memory for reconnecting clients")
+    client_buffer: int = Field(
+        1000, description="events a client may fall behind before it is told so and disconnected"
+    )
+    heartbeat_s: float = Field(15.0, description="an SSE comment this often keeps idle connections open, seconds")
+    snapshot_interval_s: float = Field(5.0, description="device grid, counters and lag refreshed this often, seconds")
+
+
+class AlertSettings(BaseModel):
+    """When the monitor raises an alert (one per incident, one resolution); docs/monitoring.md."""
+
+    interval_s: float = Field(15.0, description="conditions evaluated this often, seconds")
+    device_offline_s: float = Field(600.0, description="a device not seen for this long is offline, seconds")
+    clock_drift_s: float = Field(120.0, description="a device clock this far off true time, seconds")
+    log_memory_pct: float = Field(90.0, description="a device log fuller than this, percent of capacity")
+    spool_backlog_rows: int = Field(10_000, description="rows waiting in a producer spool")
+    spool_backlog_age_s: float = Field(300.0, description="oldest row waiting in a spool, seconds")
+    consumer_lag: int = Field(10_000, description="raw messages the worker has not committed")
+    sink_failing_s: float = Field(60.0, description="a sink failing for this long, seconds")
+    webhook_url: SecretStr | None = Field(None, description="alerts are also POSTed here as JSON (optional)")
+    webhook_timeout_s: float = Field(5.0, description="one webhook POST waits this long, seconds")
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus /metrics of the long-running processes (push and monitor serve it on their own port)."""
+
+    host: str = Field("127.0.0.1", description="listen address of the worker's and pull producer's /metrics")
+    worker_port: int = Field(9101, description="the worker's /metrics port (0: off)")
+    pull_port: int = Field(9102, description="the pull producer's /metrics port (0: off)")
+
+
 class Settings(BaseSettings):
     """Root of the tree. `Settings()` reads TAPSTREAM_* variables and a `.env` file if present."""
 
@@ -203,6 +244,9 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()
     validation: ValidationSettings = ValidationSettings()
     worker: WorkerSettings = WorkerSettings()
+    monitor: MonitorSettings = MonitorSettings()
+    alerts: AlertSettings = AlertSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:

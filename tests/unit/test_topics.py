@@ -19,7 +19,17 @@ def by_name(specs: list[TopicSpec]) -> dict[str, TopicSpec]:
 
 def test_default_specs_cover_every_topic() -> None:
     specs = by_name(topic_specs(TopicSettings()))
-    assert set(specs) == {"attendance.raw", "attendance.unmatched", "attendance.dlq", "employees", "devices.status"}
+    assert set(specs) == {
+        "attendance.raw", "attendance.unmatched", "attendance.dlq", "employees", "devices.status",
+        "attendance.live", "alerts",
+    }
+
+
+def test_live_and_alerts_are_single_partition_logs() -> None:
+    specs = by_name(topic_specs(TopicSettings(live_retention_days=3)))
+    # one partition each: an SSE Last-Event-ID is then one offset per topic
+    assert specs["attendance.live"].partitions == specs["alerts"].partitions == 1
+    assert specs["attendance.live"].config == {"cleanup.policy": "delete", "retention.ms": str(3 * DAY_MS)}
 
 
 def test_device_status_keeps_the_latest_per_device() -> None:
@@ -90,7 +100,7 @@ def test_ensure_topics_creates_only_missing(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(topics, "AdminClient", admin)
     states = ensure_topics("fake:9092", topic_specs(TopicSettings()))
     assert sorted(t.topic for t in admin.created) == [
-        "attendance.dlq", "attendance.unmatched", "devices.status", "employees"
+        "alerts", "attendance.dlq", "attendance.live", "attendance.unmatched", "devices.status", "employees"
     ]
     assert {s.name: s.created for s in states}["attendance.raw"] is False
     assert all(s.created for s in states if s.name != "attendance.raw")
@@ -99,6 +109,7 @@ def test_ensure_topics_creates_only_missing(monkeypatch: pytest.MonkeyPatch) -> 
 def test_ensure_topics_reports_partition_mismatch_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     admin = FakeAdmin({
         "attendance.raw": 3, "attendance.unmatched": 6, "attendance.dlq": 6, "employees": 1, "devices.status": 1,
+        "attendance.live": 1, "alerts": 1,
     })
     monkeypatch.setattr(topics, "AdminClient", admin)
     with pytest.raises(StackError, match="attendance.raw has 3 partitions, settings say 6"):
