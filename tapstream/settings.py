@@ -200,7 +200,7 @@ class MonitorSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
-    """When the monitor raises an alert (one per incident, one resolution); docs/monitoring.md."""
+    """When the monitor raises an alert (one per incident, one resolution); docs/alerts.md."""
 
     interval_s: float = Field(15.0, description="conditions evaluated this often, seconds")
     device_offline_s: float = Field(600.0, description="a device not seen for this long is offline, seconds")
