@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from schemas.employee import EmployeeRecord
 from tapstream.errors import ConfigError, TapstreamError
 
 logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, rows done, rows in all)
 
 REQUIRED = ("attendance_code", "employee_id")
 TRUE, FALSE = {"", "1", "true", "yes", "y", "active"}, {"0", "false", "no", "n", "inactive"}
@@ -102,20 +104,23 @@ ON CONFLICT (attendance_code) DO UPDATE
 """
 
 
-def store_employees(dsn: str, records: Sequence[EmployeeRecord]) -> int:
+def store_employees(dsn: str, records: Sequence[EmployeeRecord], progress: Progress | None = None) -> int:
     """Upsert into Postgres in one transaction; return the rows that changed."""
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn, conn.cursor() as cur:
             changed = 0
-            for r in records:
+            for done, r in enumerate(records, 1):
                 cur.execute(UPSERT, (r.attendance_code, r.employee_id, r.name, r.department, r.active))
                 changed += cur.rowcount
+                _tick(progress, "postgres", done, len(records))
     except psycopg.Error as exc:
         raise TapstreamError(f"cannot store employees in PostgreSQL: {exc}") from exc
     return changed
 
 
-def publish_employees(bootstrap: str, topic: str, records: Iterable[EmployeeRecord], timeout_s: float = 30.0) -> int:
+def publish_employees(
+    bootstrap: str, topic: str, records: Sequence[EmployeeRecord], timeout_s: float = 30.0, progress: Progress | None = None,
+) -> int:
     """Produce every record to the compacted topic and wait until Kafka confirms each one."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "message.timeout.ms": int(timeout_s * 1000)})
     errors: list[str] = []
@@ -130,6 +135,7 @@ def publish_employees(bootstrap: str, topic: str, records: Iterable[EmployeeReco
             producer.produce(topic, key=r.attendance_code.encode(), value=encode(r), on_delivery=on_delivery)
             producer.poll(0)
             sent += 1
+            _tick(progress, "publishing", sent, len(records))
     except KafkaException as exc:
         raise TapstreamError(f"cannot publish employees to {topic}: {exc}") from exc
     remaining = producer.flush(timeout_s)
@@ -138,10 +144,21 @@ def publish_employees(bootstrap: str, topic: str, records: Iterable[EmployeeReco
     return sent
 
 
-def import_employees(path: Path, *, dsn: str, bootstrap: str, topic: str) -> ImportResult:
-    """Validate the CSV, then load it into Postgres and the employees topic."""
+def _tick(progress: Progress | None, stage: str, done: int, total: int) -> None:
+    # every 500 rows and the last: a bar redrawn per row costs more than the upsert
+    if progress is not None and (done % 500 == 0 or done == total):
+        progress(stage, done, total)
+
+
+def import_employees(
+    path: Path, *, dsn: str, bootstrap: str, topic: str, progress: Progress | None = None
+) -> ImportResult:
+    """Validate the CSV, then load it into Postgres and the employees topic.
+
+    ``progress(stage, done, total)``: stage ``postgres`` then ``publishing``.
+    """
     records = read_employees(path)
-    changed = store_employees(dsn, records)
-    published = publish_employees(bootstrap, topic, records)
+    changed = store_employees(dsn, records, progress)
+    published = publish_employees(bootstrap, topic, records, progress=progress)
     logger.info("imported %d employees from %s (%d changed in postgres)", len(records), path, changed)
     return ImportResult(rows=len(records), postgres_changed=changed, published=published)

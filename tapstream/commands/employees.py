@@ -9,7 +9,7 @@ import typer
 
 from infra.employee_sync import sync_employees
 from infra.employees import import_employees
-from tapstream.commands.common import emit_json, settings_of
+from tapstream.commands.common import ProgressBars, emit_json, settings_of
 
 app = typer.Typer(help="Employees: attendance code -> employee id, name, department.", no_args_is_help=True)
 
@@ -22,10 +22,14 @@ def import_(
 ) -> None:
     """Load a CSV into Postgres `employees` and the compacted `employees` topic."""
     settings = settings_of(ctx)
-    result = import_employees(
-        file, dsn=settings.postgres.effective_dsn(), bootstrap=settings.kafka.bootstrap,
-        topic=settings.topics.employees,
-    )
+    bars = ProgressBars()
+    try:
+        result = import_employees(
+            file, dsn=settings.postgres.effective_dsn(), bootstrap=settings.kafka.bootstrap,
+            topic=settings.topics.employees, progress=bars.update,
+        )
+    finally:
+        bars.close()
     if json_out:
         emit_json(result.__dict__)
     else:
