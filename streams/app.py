@@ -12,6 +12,8 @@ Wiring, and why it is this way (see shared/reference/stack-notes.md §2):
 * ``employees``: a GlobalTable (every worker holds the whole map) fed by an agent on the
   compacted ``employees`` topic; punches wait until that feed has caught up with the topic
   as it stood at start (streams.catchup), so a fresh worker does not park known employees;
+* the live feed: every stored punch is also sent to ``attendance.live`` (schemas.live) before
+  its batch is acked, for the monitor's /events;
 * ``rematch``: a timer re-sending parked punches to the raw topic once their code is mapped
   (streams.rematch), when the worker has Postgres, where parked punches are listed.
 """
@@ -86,7 +88,7 @@ def build_app(
     )
     employees_loaded = CatchUp(start_positions(settings.kafka.bootstrap, worker.app_id, settings.topics.employees))
     topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
-              for name in (settings.topics.unmatched, settings.topics.dlq, settings.topics.raw)}
+              for name in (settings.topics.unmatched, settings.topics.dlq, settings.topics.raw, settings.topics.live)}
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
@@ -96,6 +98,7 @@ def build_app(
         unmatched_topic=settings.topics.unmatched, dlq_topic=settings.topics.dlq,
         batch_max=worker.batch_max, batch_within_s=worker.batch_within_s,
         dedup_window_s=window, stats=stats, ready=employees_loaded, rules=settings.validation,
+        live_topic=settings.topics.live,
     )
 
     @app.agent(employees_topic, concurrency=1)

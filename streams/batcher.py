@@ -2,9 +2,11 @@
 
 A flush, in order: plan the batch (streams.logic), write the enriched punches to every sink
 concurrently (streams.delivery: retries until they land), send parked and quarantined records
-to their topics and wait for Kafka's confirmation, remember the event ids in the dedup table,
-then ack. Anything that stops a flush half-way (a crash, a stop during a sink outage) leaves
-the events unacked, so Kafka re-delivers them and the idempotent sinks absorb the repeat.
+to their topics and every stored punch to the live feed (``attendance.live``), wait for Kafka's
+confirmation of all of them at once, remember the event ids in the dedup table, then ack.
+Anything that stops a flush half-way (a crash, a stop during a sink outage) leaves the events
+unacked, so Kafka re-delivers them and the idempotent sinks absorb the repeat; the live feed
+may then show a punch twice, with the same event id (its readers de-duplicate on it).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from faust.streams import _current_event  # the context var Faust's tables read the event from
 
 from schemas.codec import encode
 from schemas.employee import EmployeeRecord
+from schemas.live import live_punch
+from schemas.punch import EnrichedPunch
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from streams.catchup import CatchUp
 from streams.delivery import DeliveryOutcome, SinkRunner, stored
@@ -34,11 +39,15 @@ logger = logging.getLogger(__name__)
 
 # (topic, key, value, headers) -> awaitable that resolves when Kafka has the record
 Send = Callable[[str, bytes | None, bytes, dict[str, bytes]], Any]
+Record = tuple[str, bytes | None, bytes, dict[str, bytes]]
 REASON_HEADER = "tapstream-reason"
 
 
 class Batcher:
-    """Collects events from the agent; flushes on size (add) or age (flush_if_due)."""
+    """Collects events from the agent; flushes on size (add) or age (flush_if_due).
+
+    ``live_topic``: where stored punches are published for the monitor; None = no live feed.
+    """
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class Batcher:
         stats: WorkerStats,
         ready: CatchUp | None = None,
         rules: ValidationSettings | None = None,
+        live_topic: str | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.dedup = dedup
@@ -68,6 +78,7 @@ class Batcher:
         self.stats = stats
         self.ready = ready
         self.rules = rules
+        self.live_topic = live_topic
         self._buffer: list[Any] = []
         self._oldest = 0.0
         self._lock = asyncio.Lock()
@@ -118,8 +129,9 @@ class Batcher:
         self._by_position = {(e.message.partition, e.message.offset): e for e in events}
         plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of, self.rules)
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
-        await self._park(plan, outcomes)
-        self._remember(plan, outcomes)
+        recorded = stored(plan.to_write, outcomes)
+        await self._publish([*self._parked(plan, outcomes), *self._live(recorded)])
+        self._remember(recorded)
         for event in events:
             await self._stream.ack(event)
         self.stats.note_batch(plan, outcomes, self._sink_names)
@@ -142,23 +154,43 @@ class Batcher:
     def _employee_of(self, code: str) -> EmployeeRecord | None:
         return employee_from_table(self.employees, code)
 
-    async def _park(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
-        records: list[tuple[str, bytes | None, bytes, dict[str, bytes]]] = []
+    def _parked(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> list[Record]:
+        records: list[Record] = []
         for u in plan.unmatched:
             records.append((self.unmatched_topic, u.msg.key, encode(u.punch), {REASON_HEADER: u.reason.encode()}))
         rejected = _rejections(outcomes, self._sink_names)
         for q in [*plan.quarantined, *rejected]:
             key = q.device_serial.encode() if q.device_serial else None
             records.append((self.dlq_topic, key, encode(q), {REASON_HEADER: q.reason.value.encode()}))
+        return records
+
+    def _live(self, recorded: Sequence[EnrichedPunch]) -> list[Record]:
+        """One live-feed record per stored punch, keyed by device serial."""
+        if self.live_topic is None or not recorded:
+            return []
+        recorded_at = datetime.now(UTC)
+        names: dict[str, str] = {}  # a batch repeats codes: validate each employee record once
+        records: list[Record] = []
+        for row in recorded:
+            code = row.punch.user_code
+            if code not in names:
+                employee = employee_from_table(self.employees, code)
+                names[code] = employee.name if employee is not None else ""
+            event = live_punch(row, names[code], recorded_at)
+            records.append((self.live_topic, row.punch.device_serial.encode(), encode(event), {}))
+        return records
+
+    async def _publish(self, records: Sequence[Record]) -> None:
+        # Each send returns a delivery future; wait for all (one produce round) before the
+        # batch may be acked, so an acked punch is never missing from its topic.
         if records:
-            # Each send returns a delivery future; wait for all before the batch may be acked.
             futures = [await self.send(*record) for record in records]
             await asyncio.gather(*futures)
 
-    def _remember(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
+    def _remember(self, recorded: Sequence[EnrichedPunch]) -> None:
         # Stored punches only: a parked one must pass when it is re-sent once its code is
         # mapped, and one a sink rejected when it is replayed from quarantine after a fix.
-        for row in stored(plan.to_write, outcomes):
+        for row in recorded:
             with _as_current(self._by_position[(row.source_partition, row.source_offset)]):
                 self.dedup[str(row.punch.event_id)] = _dedup_mark(row.source_offset)
 

@@ -1,0 +1,162 @@
+"""The worker's batcher publishes exactly the stored punches to the live feed, before the ack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.codec import decode, encode
+from schemas.employee import EmployeeRecord
+from schemas.live import LivePunch
+from schemas.punch import EnrichedPunch, RawPunch
+from sinks.base import WriteResult
+from streams.batcher import Batcher
+from streams.delivery import Backoff, SinkRunner
+from streams.stats import WorkerStats
+from tapstream.errors import PermanentSinkError
+from tests.factories import enriched
+
+LIVE, UNMATCHED, DLQ = "live", "unmatched", "dlq"
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Event:
+    """What the batcher reads of a Faust event (weak-referenceable, as Faust's are)."""
+
+    def __init__(self, offset: int, punch: RawPunch) -> None:
+        self.message = Message("raw", 0, offset, punch.device_serial.encode(), encode(punch))
+
+
+class Window:
+    def __init__(self, mark: int) -> None:
+        self.mark = mark
+
+    def now(self) -> int:
+        return self.mark
+
+    def delta(self, _seconds: float) -> int:
+        return self.mark
+
+
+class Dedup(dict[str, int]):
+    """A windowed table's surface: reading gives a window view, writing stores the mark."""
+
+    def __getitem__(self, key: str) -> Window:  # type: ignore[override]  # the windowed view Faust returns
+        return Window(self.get(key, 0))
+
+
+class PickySink:
+    """Stores every row except the user codes in ``bad`` (rejected as bad data)."""
+
+    name = "picky"
+
+    def __init__(self, bad: set[str]) -> None:
+        self.bad = bad
+
+    def write_batch(self, batch: Sequence[EnrichedPunch]) -> WriteResult:
+        if any(r.punch.user_code in self.bad for r in batch):
+            raise PermanentSinkError("data_exception", "value out of range")
+        return WriteResult(len(batch), len(batch))
+
+    def close(self) -> None:
+        pass
+
+
+class Kafka:
+    """Sends land in ``sent`` only when their delivery future resolves (a moment later)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.pending = 0
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self.pending += 1
+
+        def deliver() -> None:
+            self.pending -= 1
+            self.sent.append((topic, key, value))
+            future.set_result(None)
+
+        loop.call_later(0.01, deliver)
+        return future
+
+
+class Stream:
+    def __init__(self, kafka: Kafka) -> None:
+        self.kafka = kafka
+        self.acked: list[int] = []
+        self.pending_at_ack: list[int] = []
+
+    async def ack(self, event: Event) -> None:
+        self.acked.append(event.message.offset)
+        self.pending_at_ack.append(self.kafka.pending)
+
+
+def run_batch(punches: list[RawPunch], employees: dict[str, Any], bad: set[str], live: str | None = LIVE) -> tuple[Kafka, Stream]:
+    kafka = Kafka()
+    stream = Stream(kafka)
+    runner = SinkRunner(PickySink(bad), Backoff(0.001, 0.002))
+    batcher = Batcher(
+        sinks=[runner], dedup=Dedup(), employees=employees, send=kafka.send, unmatched_topic=UNMATCHED,
+        dlq_topic=DLQ, batch_max=1000, batch_within_s=60, dedup_window_s=3600, stats=WorkerStats(),
+        live_topic=live,
+    )
+    batcher.bind(stream)
+
+    async def go() -> None:
+        for offset, punch in enumerate(punches):
+            await batcher.add(Event(offset, punch))
+        await batcher.flush()
+
+    try:
+        asyncio.run(go())
+    finally:
+        runner.stop()
+    return kafka, stream
+
+
+def table(*records: EmployeeRecord) -> dict[str, Any]:
+    return {r.attendance_code: r.model_dump(mode="json") for r in records}
+
+
+def test_a_flushed_batch_sends_exactly_its_stored_rows_to_the_live_topic_before_the_ack() -> None:
+    employees = table(EmployeeRecord(attendance_code="1", employee_id="E-1", name="Ada"),
+                      EmployeeRecord(attendance_code="2", employee_id="E-2", name="Bob"),
+                      EmployeeRecord(attendance_code="3", employee_id="E-3"))
+    stored = [enriched(n, user_code=code).punch for n, code in enumerate(["1", "2", "1", "3"])]
+    rejected = enriched(10, user_code="bad").punch  # the sink refuses it: dead-lettered, not live
+    employees["bad"] = EmployeeRecord(attendance_code="bad", employee_id="E-bad").model_dump(mode="json")
+    unknown = enriched(11, user_code="nobody").punch  # parked: not recorded, not live
+    batch = [stored[0], stored[1], rejected, stored[2], unknown, stored[3], stored[0]]  # last: a duplicate
+
+    kafka, stream = run_batch(batch, employees, bad={"bad"})
+
+    live = [(key, decode(LivePunch, value)) for topic, key, value in kafka.sent if topic == LIVE]
+    assert [event.event_id for _, event in live] == [p.event_id for p in stored]
+    assert [key for key, _ in live] == [p.device_serial.encode() for p in stored]
+    assert [event.employee_name for _, event in live] == ["Ada", "Bob", "Ada", ""]
+    assert [event.employee_id for _, event in live] == ["E-1", "E-2", "E-1", "E-3"]
+    assert all(event.recorded_at >= event.received_at for _, event in live)
+    assert sorted(topic for topic, _, _ in kafka.sent if topic != LIVE) == [DLQ, UNMATCHED]
+    # every message acked, and only once every delivery (live, parked, dead letter) was confirmed
+    assert stream.acked == list(range(len(batch)))
+    assert set(stream.pending_at_ack) == {0}
+
+
+def test_without_a_live_topic_nothing_is_published_for_stored_rows() -> None:
+    employees = table(EmployeeRecord(attendance_code="1", employee_id="E-1", name="Ada"))
+    kafka, stream = run_batch([enriched(0, user_code="1").punch], employees, bad=set(), live=None)
+    assert kafka.sent == []
+    assert stream.acked == [0]
