@@ -212,6 +212,10 @@ class AlertSettings(BaseModel):
     sink_failing_s: float = Field(60.0, description="a sink failing for this long, seconds")
     webhook_url: SecretStr | None = Field(None, description="alerts are also POSTed here as JSON (optional)")
     webhook_timeout_s: float = Field(5.0, description="one webhook POST waits this long, seconds")
+    webhook_attempts: int = Field(3, ge=1, description="POSTs of one alert before the webhook is given up on")
+    resolve_after_checks: int = Field(
+        2, ge=1, description="an incident resolves after its condition was clear this many evaluations in a row"
+    )
 
 
 class MetricsSettings(BaseModel):
