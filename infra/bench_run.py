@@ -94,6 +94,9 @@ class BenchRun:
             f"{p}WORKER__BATCH_MAX": str(s.worker.batch_max),
             f"{p}POSTGRES__DSN": self.dsn,
             f"{p}CLICKHOUSE__DATABASE": s.clickhouse.database,
+            # No /metrics: a bench run must not collide with a running worker's port.
+            f"{p}METRICS__WORKER_PORT": "0",
+            f"{p}METRICS__PULL_PORT": "0",
         })
         return env
 

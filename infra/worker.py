@@ -3,7 +3,8 @@
 The worker owns the embedded ClickHouse store while it runs (one chDB engine per process);
 others read its progress from ``<state>/worker/stats.json``. With Postgres, it also projects
 parked punches and dead letters into Postgres (streams.ledger), re-sends parked punches once
-mapped (streams.rematch) and keeps the employees topic in step with the table.
+mapped (streams.rematch) and keeps the employees topic in step with the table. Its Prometheus
+metrics are served on ``metrics.worker_port`` (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -30,13 +32,17 @@ from infra.topics import TopicSpec, ensure_topics
 from sinks.clickhouse import ClickHouseSink, open_client
 from sinks.postgres import PostgresSink, open_pool
 from streams.app import build_app
+from streams.catchup import start_positions
 from streams.delivery import Backoff, SinkRunner
 from streams.ledger import Ledger
-from streams.stats import WorkerStats
+from streams.stats import WorkerMetrics, WorkerStats
 from tapstream.errors import ConfigError, TransientSinkError
+from tapstream.metrics import new_registry, serve
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 5.0  # how often the raw topic's consumer lag is read: a few small Kafka requests
 
 
 def stats_path(settings: Settings) -> Any:
@@ -168,9 +174,46 @@ def _sync_employees_while_running(app: faust.App, settings: Settings) -> None:
             logger.warning("employee sync failed, retrying in %.0fs: %s", every, exc)
 
 
+def start_metrics(settings: Settings, *, lag_interval_s: float = LAG_INTERVAL_S) -> tuple[WorkerMetrics, Callable[[], None]]:
+    """The worker's metrics, served on ``metrics.worker_port`` with the raw topic's lag read
+    every ``lag_interval_s`` in a thread of its own; returns them and a function that stops both."""
+    registry = new_registry()
+    metrics = WorkerMetrics(registry, settings.worker.sinks)
+    server = serve(registry, settings.metrics.host, settings.metrics.worker_port, "TAPSTREAM_METRICS__WORKER_PORT")
+    done = threading.Event()
+    if server is not None:
+        threading.Thread(target=_watch_lag, args=(settings, metrics, done, lag_interval_s), name="lag-probe", daemon=True).start()
+
+    def stop() -> None:
+        done.set()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    return metrics, stop
+
+
+def _watch_lag(settings: Settings, metrics: WorkerMetrics, done: threading.Event, every_s: float) -> None:
+    """Read the group's committed offsets and the end offsets off the event loop, until ``done``."""
+    bootstrap, group, topic = settings.kafka.bootstrap, settings.worker.app_id, settings.topics.raw
+    failing = False
+    while not done.is_set():
+        try:
+            metrics.set_lag(topic, start_positions(bootstrap, group, topic, timeout_s=every_s))
+        except Exception as exc:  # Kafka away: the lag is unknown until it answers; the worker says why
+            metrics.lag_failures.inc()
+            if not failing:
+                logger.warning("cannot read the consumer lag of %s (retrying every %.0fs): %s", topic, every_s, exc)
+            failing = True
+        else:
+            failing = False
+        done.wait(every_s)
+
+
 def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until idle, if exit_when_idle_s is given)."""
-    stats = WorkerStats(path=stats_path(settings))
+    metrics, stop_metrics = start_metrics(settings)
+    stats = WorkerStats(path=stats_path(settings), metrics=metrics)
     stats.save()
     backoff = Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s)
     wait_for_topics(settings, backoff)
@@ -197,3 +240,4 @@ def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> Non
         if duties is not None:
             duties.close()
         stats.save()
+        stop_metrics()

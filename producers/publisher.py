@@ -25,9 +25,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import Producer
+from prometheus_client.core import Metric
 
 from producers.spool import Spool, SpoolRow
 from tapstream.errors import SpoolError
+from tapstream.metrics import family
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,26 @@ class PublisherLike(Protocol):
 
 
 ProducerFactory = Callable[[dict[str, Any]], ProducerLike]
+
+
+def publishing_metrics(producer: str, spool: Spool, publisher: PublisherLike) -> list[Metric]:
+    """Spool depth and age, records published and failed rounds of one producer, read now
+    (for ``tapstream.metrics.collect_with``; the depth is kept in memory, the age is one indexed row)."""
+    stats, key = publisher.stats(), (producer,)
+    age = spool.oldest_age_s()
+    return [
+        family("gauge", "tapstream_spool_depth", "Records in the spool waiting for Kafka", {key: spool.depth()}, ["producer"]),
+        family("gauge", "tapstream_spool_oldest_age_seconds", "Age of the oldest record waiting in the spool (0: empty)",
+               {key: age or 0.0}, ["producer"]),
+        family("counter", "tapstream_published_records", "Spool records Kafka confirmed (punches, dead letters, statuses)",
+               {key: _number(stats.get("published"))}, ["producer"]),
+        family("counter", "tapstream_publish_failures", "Publish rounds Kafka failed (their records stay spooled and are retried)",
+               {key: _number(stats.get("failed_rounds"))}, ["producer"]),
+    ]
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def producer_config(settings: Settings, *, message_timeout_ms: int = 30_000, client_id: str = "tapstream-push") -> dict[str, Any]:

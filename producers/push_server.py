@@ -19,16 +19,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate
+from functools import partial
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from producers import adms
-from producers.publisher import Publisher, PublisherLike
+from producers.publisher import Publisher, PublisherLike, publishing_metrics
+from producers.push_metrics import PushMetrics, devices_metrics
 from producers.registry import DeviceInfo, Registry, postgres_loader
 from producers.spool import Spool, SpoolRecord
 from schemas.codec import encode
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from tapstream.errors import SpoolError
+from tapstream.metrics import aiohttp_handler, collect_with, new_registry
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,8 +59,12 @@ class Outcome:
     records: list[SpoolRecord]
     reply: str
     punches: int = 0
-    quarantined: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)  # quarantined records by reason
     status: int = 200
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.reasons.values())
 
 
 @dataclass
@@ -100,7 +108,8 @@ def upload_outcome(
     spooled: list[SpoolRecord] = [(settings.topics.raw, key, encode(punch)) for punch in batch.punches]
     spooled += [(settings.topics.dlq, key, encode(record)) for record in batch.quarantined]
     return Outcome(
-        spooled, adms.upload_reply(table, batch.lines), punches=len(batch.punches), quarantined=len(batch.quarantined)
+        spooled, adms.upload_reply(table, batch.lines), punches=len(batch.punches),
+        reasons=Counter(record.reason.value for record in batch.quarantined),
     )
 
 
@@ -119,7 +128,8 @@ def too_large_outcome(body: Body, serial: str, settings: Settings, received_at: 
 
 def _quarantined(settings: Settings, serial: str, records: list[QuarantineRecord], reply: str) -> Outcome:
     key = serial.encode("utf-8")
-    return Outcome([(settings.topics.dlq, key, encode(r)) for r in records], reply, quarantined=len(records))
+    reasons = Counter(r.reason.value for r in records)
+    return Outcome([(settings.topics.dlq, key, encode(r)) for r in records], reply, reasons=reasons)
 
 
 def _cut(data: bytes, size: int | None = None) -> str:
@@ -163,14 +173,17 @@ def text_reply(text: str, status: int = 200) -> web.Response:
 
 
 class PushEndpoint:
-    """Request handlers; counters per table and per device for /healthz."""
+    """Request handlers; counters per table and per device for /healthz, totals for /metrics."""
 
-    def __init__(self, settings: Settings, spool: Spool, registry: Registry, publisher: PublisherLike) -> None:
+    def __init__(
+        self, settings: Settings, spool: Spool, registry: Registry, publisher: PublisherLike, metrics: PushMetrics
+    ) -> None:
         self.settings = settings
         self.spool = spool
         self.registry = registry
         self.publisher = publisher
         self.stats = _Stats()
+        self.metrics = metrics
 
     async def cdata(self, request: web.Request) -> web.Response:
         query = adms.parse_query(request.query_string)
@@ -207,6 +220,7 @@ class PushEndpoint:
                 logger.error("device %s: batch refused, spool unavailable: %s", serial, exc)
                 return text_reply("FAIL: server storage unavailable, retry later", 503)
             self.publisher.wake()
+        self.metrics.upload(outcome.punches, outcome.reasons)
         name = (table or "<none>").upper()
         self.stats.tables[name] += 1
         counts = self.stats.device(serial)
@@ -284,8 +298,9 @@ def _require_serial(query: adms.DeviceQuery) -> str:
     return query.serial
 
 
-def _guarded(handler: Handler) -> Handler:
-    """Answer every request: 400 for unattributable ones, 500 after an unexpected error.
+def _guarded(handler: Handler, answered: Callable[[web.Request, int], None]) -> Handler:
+    """Answer every request: 400 for unattributable ones, 500 after an unexpected error;
+    tell ``answered`` the status of each.
 
     Parse errors never get here (they are quarantined); what does is a failure around storage,
     and then the device must keep its batch: an error reply is the only safe answer.
@@ -293,36 +308,53 @@ def _guarded(handler: Handler) -> Handler:
 
     async def guarded(request: web.Request) -> web.Response:
         try:
-            return await handler(request)
+            response = await handler(request)
         except _BadRequest as exc:
             logger.warning("%s %s from %s: %s", request.method, request.path_qs[:200], request.remote, exc)
-            return text_reply(str(exc), 400)
+            response = text_reply(str(exc), 400)
         except Exception:
             logger.exception("%s %s from %s failed", request.method, request.path_qs[:200], request.remote)
-            return text_reply("FAIL: internal error, retry later", 500)
+            response = text_reply("FAIL: internal error, retry later", 500)
+        answered(request, response.status)
+        return response
 
     return guarded
+
+
+def _count_request(metrics: PushMetrics, endpoint: str, request: web.Request, status: int) -> None:
+    metrics.request(endpoint, adms.parse_query(request.query_string).table, status)
 
 
 ENDPOINT = web.AppKey("push_endpoint", PushEndpoint)
 
 
-def make_app(settings: Settings, spool: Spool, registry: Registry, publisher: PublisherLike) -> web.Application:
-    """The aiohttp application; every /iclock/* route reads the raw body itself (§12)."""
-    endpoint = PushEndpoint(settings, spool, registry, publisher)
+def make_app(
+    settings: Settings, spool: Spool, registry: Registry, publisher: PublisherLike,
+    metrics_registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The aiohttp application; every /iclock/* route reads the raw body itself (§12).
+
+    GET /metrics serves ``metrics_registry`` (default: a fresh one) in Prometheus text format.
+    """
+    metrics_registry = metrics_registry or new_registry()
+    metrics = PushMetrics(metrics_registry)
+    endpoint = PushEndpoint(settings, spool, registry, publisher, metrics)
+    collect_with(metrics_registry, lambda: publishing_metrics("push", spool, publisher))
+    collect_with(metrics_registry, lambda: devices_metrics(lambda: len(endpoint.stats.devices), lambda: len(registry)))
     app = web.Application()
     app[ENDPOINT] = endpoint
     routes = {
-        "/iclock/cdata": endpoint.cdata,
-        "/iclock/getrequest": endpoint.getrequest,
-        "/iclock/devicecmd": endpoint.devicecmd,
-        "/iclock/ping": endpoint.ping,
+        "cdata": endpoint.cdata,
+        "getrequest": endpoint.getrequest,
+        "devicecmd": endpoint.devicecmd,
+        "ping": endpoint.ping,
     }
     # Any method: firmware differs in GET vs POST, and a 405 would only make it retry.
-    for path, handler in routes.items():
-        app.router.add_route("*", path, _guarded(handler))
-    app.router.add_route("*", "/iclock/{tail:.*}", _guarded(endpoint.other))
+    for name, handler in routes.items():
+        app.router.add_route("*", f"/iclock/{name}", _guarded(handler, partial(_count_request, metrics, name)))
+    app.router.add_route("*", "/iclock/{tail:.*}", _guarded(endpoint.other, partial(_count_request, metrics, "other")))
     app.router.add_get("/healthz", endpoint.healthz)
+    app.router.add_get("/metrics", aiohttp_handler(metrics_registry, off_loop=True))
     return app
 
 

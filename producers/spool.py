@@ -94,9 +94,9 @@ class Spool:
         """
         if not records and not marks:
             return
-        now = time.time()
-        rows = [(topic, key, value, now) for topic, key, value in records]
         with self._append_lock:
+            now = time.time()  # under the lock: ids and append times then rise together
+            rows = [(topic, key, value, now) for topic, key, value in records]
             db = self._open(self._append_db)
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -154,10 +154,12 @@ class Spool:
         with self._drain_lock:
             db = self._open(self._drain_db)
             try:
-                (oldest,) = db.execute("SELECT min(appended_at) FROM outbox").fetchone()
+                # The first row by id, not min(appended_at): one index lookup rather than a scan
+                # of a spool that may hold an outage's worth of rows (metrics read it every scrape).
+                found = db.execute("SELECT appended_at FROM outbox ORDER BY id LIMIT 1").fetchone()
             except sqlite3.Error as exc:
                 raise SpoolError(f"cannot read {self.path}: {exc}") from exc
-        return None if oldest is None else max(0.0, time.time() - oldest)
+        return None if found is None else max(0.0, time.time() - found[0])
 
     def close(self) -> None:
         """Close the file; safe to call twice."""

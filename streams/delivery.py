@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class DeliveryOutcome:
     written: int = 0
     inserted: int = 0
     attempts: int = 0
+    seconds: float = 0.0  # from the first attempt until the rows landed (or were isolated)
     rejected: list[tuple[EnrichedPunch, PermanentSinkError]] = field(default_factory=list)
 
 
@@ -76,13 +78,15 @@ class SinkRunner:
         outcome = DeliveryOutcome()
         if not rows:
             return outcome
+        started = time.monotonic()
         try:
             result = await self._retry(rows, outcome)
         except PermanentSinkError as exc:
             logger.warning("%s rejected a batch of %d (%s): bisecting to isolate the bad rows", self.sink.name, len(rows), exc)
             await self._isolate(rows, outcome)
-            return outcome
-        outcome.written, outcome.inserted = result.offered, result.inserted
+        else:
+            outcome.written, outcome.inserted = result.offered, result.inserted
+        outcome.seconds = time.monotonic() - started
         return outcome
 
     async def _retry(self, rows: Sequence[EnrichedPunch], outcome: DeliveryOutcome) -> WriteResult:

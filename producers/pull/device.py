@@ -30,6 +30,7 @@ from producers.pull.client import DeviceFacts, PullClient, check_identity
 from producers.pull.convert import Reading, convert
 from producers.pull.health import Health
 from producers.pull.marks import Mark, mark_after, resume_point
+from producers.pull.metrics import PullMetrics
 from producers.pull.records import Entry, LogEntry
 from producers.registry import DeviceInfo
 from producers.spool import SpoolRecord
@@ -65,8 +66,9 @@ class DeviceWorker:
     """Runs one device in the calling thread (``run``) until ``stop`` is called."""
 
     def __init__(self, device: DeviceInfo, settings: Settings, output: Output, *,
-                 client_factory: ClientFactory = PullClient) -> None:
+                 client_factory: ClientFactory = PullClient, metrics: PullMetrics | None = None) -> None:
         self.device = device
+        self._metrics = metrics
         self._settings = settings
         self._pull = settings.pull
         self._output = output
@@ -139,7 +141,7 @@ class DeviceWorker:
         self._output.emit(converted.records, marks={mark_key(self.device.serial): mark_after(raws).encode()})
         with self._live_lock:
             self._live_ids -= live  # below the new mark now (or cleared off the device): done with
-        self.produced += len(converted.event_ids)
+        self._produced(PunchSource.PULL_POLL, len(converted.event_ids))
         self._last_catchup = datetime.now(UTC)
         logger.info(
             "device %s: caught up, %d records in the log, %d new spooled (%d already live, %d quarantined; %s)",
@@ -190,7 +192,12 @@ class DeviceWorker:
                 self._live_ids.update(ids)
 
         self._output.emit(converted.records, on_durable=durable if ids else None)
-        self.produced += len(ids)
+        self._produced(PunchSource.PULL_LIVE, len(ids))
+
+    def _produced(self, source: PunchSource, count: int) -> None:
+        self.produced += count
+        if self._metrics is not None:
+            self._metrics.punches(source, count)
 
     def _reading(self, source: PunchSource) -> Reading:
         offset = self.facts.clock_offset_s if self.facts else None
@@ -198,6 +205,8 @@ class DeviceWorker:
 
     def _failed(self, error: str) -> None:
         triggered = self.health.failed(error, time.time(), self._pull)
+        if self._metrics is not None:
+            self._metrics.failure()
         log = logger.error if triggered else logger.warning
         log("device %s: %s (failure %d%s)", self.device.serial, error, self.health.failures,
             ", " + ", ".join(triggered) if triggered else "")

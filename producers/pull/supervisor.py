@@ -5,7 +5,8 @@ memory, not CPU). Everything else is shared: one spool writer doing group commit
 publisher, one registry refreshed every ``devices.registry_refresh_s`` seconds. The supervisor
 reconciles the running workers with the registry every few seconds: a new or re-enabled device
 starts, a disabled or removed one stops, a changed one (address, port, key, zone) restarts.
-A status file (``state/pull/status.json``) shows every device at a glance.
+A status file (``state/pull/status.json``) shows every device at a glance, and Prometheus
+metrics are served on ``metrics.pull_port`` (producers.pull.metrics, docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import threading
 import time
 from pathlib import Path
 
-from producers.publisher import Publisher
+from producers.publisher import Publisher, publishing_metrics
 from producers.pull.device import ClientFactory, DeviceWorker, Output
 from producers.pull.client import PullClient
+from producers.pull.metrics import PullMetrics, devices_metrics
 from producers.pull.writer import SpoolWriter
 from producers.registry import DeviceInfo, Registry, postgres_loader
 from producers.spool import Spool
+from tapstream.metrics import collect_with, new_registry, serve
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,8 +37,10 @@ class Supervisor:
     """Starts, stops and restarts device workers to match the registry."""
 
     def __init__(self, settings: Settings, registry: Registry, output: Output, *,
-                 client_factory: ClientFactory = PullClient, status_path: Path | None = None) -> None:
+                 client_factory: ClientFactory = PullClient, status_path: Path | None = None,
+                 metrics: PullMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._registry = registry
         self._output = output
         self._client_factory = client_factory
@@ -66,13 +71,15 @@ class Supervisor:
         self._stopping = [(w, t) for w, t in self._stopping if t.is_alive()]
 
     def _start(self, info: DeviceInfo) -> None:
-        worker = DeviceWorker(info, self._settings, self._output, client_factory=self._client_factory)
+        worker = DeviceWorker(info, self._settings, self._output, client_factory=self._client_factory,
+                              metrics=self._metrics)
         thread = threading.Thread(target=worker.run, name=f"pull-{info.serial}", daemon=True)
         thread.start()
         self._workers[info.serial] = (info, worker, thread)
 
     def workers(self) -> list[DeviceWorker]:
-        return [worker for _info, worker, _thread in self._workers.values()]
+        # list() copies the values in one step: the metrics thread calls this while reconcile runs.
+        return [worker for _info, worker, _thread in list(self._workers.values())]
 
     def run(self, stop: threading.Event, *, reconcile_s: float = 5.0, status_s: float = 1.0) -> None:
         """Reconcile every ``reconcile_s`` and write the status file every ``status_s`` seconds
@@ -132,7 +139,12 @@ def run_pull(settings: Settings, stop: threading.Event) -> None:
         snapshot_path=settings.path("registry", "pull-devices.json"),
         refresh_s=settings.devices.registry_refresh_s,
     )
-    supervisor = Supervisor(settings, registry, writer, status_path=settings.path("pull", "status.json"))
+    metrics = new_registry()
+    supervisor = Supervisor(settings, registry, writer, status_path=settings.path("pull", "status.json"),
+                            metrics=PullMetrics(metrics))
+    collect_with(metrics, lambda: publishing_metrics("pull", spool, publisher))
+    collect_with(metrics, lambda: devices_metrics(supervisor.workers()))
+    server = serve(metrics, settings.metrics.host, settings.metrics.pull_port, "TAPSTREAM_METRICS__PULL_PORT")
     publisher.start()
     writer.start()
     try:
@@ -143,6 +155,8 @@ def run_pull(settings: Settings, stop: threading.Event) -> None:
         registry.stop()
         writer.stop()
         publisher.stop()
+        if server is not None:
+            server.shutdown()
         spool.close()
 
 

@@ -91,6 +91,9 @@ class Pipeline:
             "TAPSTREAM_WORKER__STORE": "memory://",
             "TAPSTREAM_WORKER__BATCH_WITHIN_S": "0.3",
             "TAPSTREAM_WORKER__RETRY_MAX_S": "2",
+            # Tests run several workers and producers at once: /metrics only where a test asks for it.
+            "TAPSTREAM_METRICS__WORKER_PORT": "0",
+            "TAPSTREAM_METRICS__PULL_PORT": "0",
             **PULL_ENV,
         })
         env.update(self.env_overrides)
