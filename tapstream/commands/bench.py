@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from infra.bench import run_pipeline_bench
+from infra.bench_live import passed, run_live_bench
+from infra.bench_live_plan import LiveOptions
 from infra.bench_pull import FleetOptions, run_pull_fleet_bench, run_pull_log_bench
 from infra.bench_run import BenchOptions
-from tapstream.commands.common import emit_json, settings_of
+from tapstream.commands.common import emit_json, fail, settings_of
 
 app = typer.Typer(help="Measure the pipeline; prints figures with the machine and versions.", no_args_is_help=True)
 
@@ -84,3 +86,43 @@ def pull_log(
     result = run_pull_log_bench(settings_of(ctx), records, _say, compare_pyzk=compare_pyzk, keep=keep)
     emit_json(result)
     raise typer.Exit(0 if result["in_raw_topic"] == records else 1)
+
+
+@app.command("live")
+def live(
+    ctx: typer.Context,
+    rate: float = typer.Option(500.0, "--rate", min=1.0, help="taps per second, steady"),
+    duration: float = typer.Option(60.0, "--duration", min=1.0, help="seconds of taps"),
+    clients: int = typer.Option(100, "--clients", min=0, help="SSE clients reading /events, connected before the load"),
+    slow_clients: int = typer.Option(
+        0, "--slow-clients", min=0, help="slow SSE clients besides; >0 also compares saturated worker throughput"
+    ),
+    devices: int = typer.Option(20, "--devices", min=1, help="emulated push devices the taps come from"),
+    employees: int = typer.Option(1000, "--employees", min=1, help="employees published first; the taps' badges"),
+    upload_interval: float = typer.Option(0.15, "--upload-interval", help="each device POSTs its last taps this often, s"),
+    client_procs: int = typer.Option(2, "--client-procs", min=1, help="processes the SSE clients are spread over"),
+    batch_within: float | None = typer.Option(
+        None, "--batch-within", help="worker batch_within_s (default: TAPSTREAM_WORKER__BATCH_WITHIN_S)"
+    ),
+    batch_max: int | None = typer.Option(None, "--batch-max", min=1, help="worker batch size (default: configured)"),
+    compare_events: int = typer.Option(
+        20_000, "--compare-events", min=0, help="events pre-loaded per throughput run (0: no comparison)"
+    ),
+    drain: float = typer.Option(60.0, "--drain", min=1.0, help="after the load, wait this long at most for the rest"),
+    keep: bool = typer.Option(False, "--keep", help="keep the run's topics, schema and state"),
+) -> None:
+    """Tap -> SSE delivered and tap -> PostgreSQL row at a steady rate with C clients; print one JSON line.
+
+    Exit status 1 unless every client got every punch, every upload was acknowledged and every
+    punch has its PostgreSQL row.
+    """
+    options = LiveOptions(rate=rate, duration_s=duration, clients=clients, slow_clients=slow_clients, devices=devices,
+                          employees=employees, upload_interval_s=upload_interval, client_procs=client_procs,
+                          batch_within_s=batch_within, batch_max=batch_max, compare_events=compare_events,
+                          drain_s=drain, keep=keep)
+    try:
+        result = run_live_bench(settings_of(ctx), options, say=_say)
+    except ValueError as exc:
+        raise fail(exc) from exc
+    emit_json(result)
+    raise typer.Exit(0 if passed(result) else 1)

@@ -1,0 +1,148 @@
+"""The processes of one `tapstream bench live` run: its isolated names, monitor, SSE readers.
+
+``plan_live_run`` extends infra.bench_run's isolation to the topics the live path adds
+(``attendance.live``, ``alerts``): the run's worker publishes to, and its monitor reads, a live
+topic of its own. Every process gets metrics ports 0 and a free monitor port, so nothing
+clashes with a running pipeline. ``Readers`` drives infra.bench_live_sse client processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from infra.bench_live_plan import LiveOptions, Tap
+from infra.bench_run import BenchOptions, BenchRun, plan_run
+from infra.harness import TapstreamProcess, free_port, wait_http
+from tapstream.errors import TapstreamError
+from tapstream.settings import ENV_PREFIX, Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveRun(BenchRun):
+    """A bench run with its own live and alerts topics and a monitor port."""
+
+    monitor_port: int = 0
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def topic_names(self) -> list[str]:
+        t = self.settings.topics
+        return [*super().topic_names(), t.live, t.alerts]
+
+    def worker_env(self, base: dict[str, str]) -> dict[str, str]:
+        s, p = self.settings, ENV_PREFIX
+        env = super().worker_env(base)
+        env.update({
+            f"{p}TOPICS__LIVE": s.topics.live,
+            f"{p}TOPICS__ALERTS": s.topics.alerts,
+            f"{p}WORKER__BATCH_WITHIN_S": str(s.worker.batch_within_s),
+            # Off (0): a bench process must not fight a running pipeline for its ports.
+            f"{p}METRICS__WORKER_PORT": "0",
+            f"{p}METRICS__PULL_PORT": "0",
+            f"{p}MONITOR__HOST": "127.0.0.1",
+            f"{p}MONITOR__PORT": str(self.monitor_port),
+        })
+        return env
+
+
+def plan_live_run(settings: Settings, options: LiveOptions, run_id: str | None = None) -> LiveRun:
+    """infra.bench_run.plan_run plus the live topics, batch settings and a free monitor port."""
+    base = plan_run(settings, BenchOptions(events=0, batch_max=options.batch_max), run_id)
+    suffix = f"bench-{base.run_id}"
+    t, w = base.settings.topics, base.settings.worker
+    topics = t.model_copy(update={"live": f"{settings.topics.live}.{suffix}",
+                                  "alerts": f"{settings.topics.alerts}.{suffix}"})
+    if options.batch_within_s is not None:
+        w = w.model_copy(update={"batch_within_s": options.batch_within_s})
+    isolated = base.settings.model_copy(update={"topics": topics, "worker": w})
+    return LiveRun(base.run_id, isolated, base.schema, base.base_dsn, free_port())
+
+
+def start_monitor(run: LiveRun, procs: list[TapstreamProcess]) -> TapstreamProcess:
+    """`tapstream monitor` on the run's topics and port; returns once /healthz answers."""
+    monitor = TapstreamProcess(["monitor", "--host", "127.0.0.1", "--port", str(run.monitor_port)],
+                               run.folder / "monitor.log", env=run.worker_env(dict(os.environ)))
+    procs.append(monitor)
+    wait_http(run.monitor_url + "/healthz", 120)
+    return monitor
+
+
+def write_plan(path: Path, taps: list[Tap]) -> None:
+    path.write_text(json.dumps([[t.event_id, t.at] for t in taps]), encoding="utf-8")
+
+
+class Readers:
+    """SSE reader processes (infra.bench_live_sse) sharing ``clients`` and ``slow`` among ``procs``."""
+
+    def __init__(self, run: LiveRun, *, clients: int, slow: int, procs: int, planned: int) -> None:
+        self.children: list[subprocess.Popen[str]] = []
+        self._logs: list[IO[bytes]] = []
+        url = run.monitor_url + "/events"
+        count = max(1, min(procs, clients + slow))
+        for i in range(count):
+            share, slow_share = _share(clients, count, i), _share(slow, count, i)
+            log = (run.folder / f"readers-{i}.log").open("wb")
+            self._logs.append(log)
+            cmd = [sys.executable, "-m", "infra.bench_live_sse", url, "--planned", str(planned),
+                   "--clients", str(share), "--slow", str(slow_share)]
+            self.children.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                  stderr=log, text=True))
+
+    def wait_ready(self) -> None:
+        for child in self.children:
+            line = child.stdout.readline() if child.stdout else ""
+            if line.strip() != "ready":
+                raise TapstreamError(f"an SSE reader process did not connect (said {line!r}); see readers-*.log")
+
+    def send(self, line: str) -> None:
+        for child in self.children:
+            if child.stdin and child.poll() is None:
+                child.stdin.write(line + "\n")
+                child.stdin.flush()
+
+    def results(self, stop: bool = False) -> list[dict[str, Any]]:
+        """Each process's result line (after telling it to stop, with ``stop``)."""
+        if stop:
+            self.send("stop")
+        out: list[dict[str, Any]] = [{}] * len(self.children)
+
+        def read(i: int, child: subprocess.Popen[str]) -> None:
+            line = child.stdout.readline() if child.stdout else ""
+            out[i] = json.loads(line) if line.strip() else {}
+
+        threads = [threading.Thread(target=read, args=(i, c)) for i, c in enumerate(self.children)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return out
+
+    def close(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                if child.stdin:
+                    child.stdin.close()
+                try:
+                    child.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        for log in self._logs:
+            log.close()
+
+
+def _share(total: int, parts: int, i: int) -> int:
+    """Part ``i`` of ``total`` split as evenly as possible into ``parts``."""
+    return total // parts + (1 if i < total % parts else 0)

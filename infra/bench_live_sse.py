@@ -1,0 +1,269 @@
+"""SSE readers for `tapstream bench live`: a stream parser and the client process.
+
+``SseParser`` turns the bytes of a ``text/event-stream`` into events, whatever the chunking
+(pure; unit-tested). The client process (``python -m infra.bench_live_sse``) holds many
+readers in one event loop:
+
+* normal clients (aiohttp) record, per punch of the tap plan, the arrival time minus the tap
+  time; on ``behind`` or a closed stream they resume from the last SSE id as EventSource does;
+* slow clients read a few hundred bytes at a time through a tiny socket buffer, with sleeps,
+  and reconnect when the server gives up on them: the load a pipeline must shrug off.
+
+Protocol with the bench, over stdin/stdout: the process prints ``ready`` once every client has
+its response headers; the line ``plan PATH DEADLINE`` hands it the tap plan (a JSON file
+``[[event_id, tap_epoch_s], ...]``) and the epoch second to give up at; it prints one JSON result
+line when stdin says ``stop`` (or closes), or once every normal client has every planned punch,
+or at the deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from infra.bench_live_plan import Histogram, merge
+
+logger = logging.getLogger(__name__)
+
+SLOW_READ_BYTES = 256
+SLOW_SLEEP_S = 0.2
+SLOW_RCVBUF = 4096
+RECONNECT_S = 1.0
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    type: str
+    id: str | None
+    data: str
+
+
+class SseParser:
+    """Incremental text/event-stream parser: feed chunks, get whole events (comments dropped)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        data = self._rest + chunk
+        if b"\r" in data:
+            # A lone \r at the end may be half of a \r\n: keep it for the next chunk.
+            keep = data.endswith(b"\r")
+            data = data[:-1] if keep else data
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
+        blocks = data.split(b"\n\n")
+        self._rest = blocks.pop()
+        return [e for e in map(_event, blocks) if e is not None]
+
+
+def _event(block: bytes) -> SseEvent | None:
+    kind, event_id, data = "message", None, []
+    for raw in block.split(b"\n"):
+        line = raw.decode("utf-8", errors="replace")
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            kind = value
+        elif name == "id":
+            event_id = value
+        elif name == "data":
+            data.append(value)
+    if not data and event_id is None and kind == "message":
+        return None  # only comments (keepalives)
+    return SseEvent(kind, event_id, "\n".join(data))
+
+
+@dataclass
+class Tally:
+    """What one normal client saw of the plan: firsts arrivals as latencies, repeats, behinds."""
+
+    planned: int
+    seen: bytearray = field(init=False)
+    received: int = 0
+    duplicates: int = 0
+    other: int = 0  # punches not in the plan (the warm-up)
+    behind: int = 0
+    reconnects: int = 0
+    hist: Histogram = field(default_factory=Histogram)
+
+    def __post_init__(self) -> None:
+        self.seen = bytearray(self.planned)
+
+    @property
+    def complete(self) -> bool:
+        return self.received >= self.planned
+
+    def punch(self, index: int | None, latency_ms: float) -> None:
+        if index is None:
+            self.other += 1
+        elif self.seen[index]:
+            self.duplicates += 1
+        else:
+            self.seen[index] = 1
+            self.received += 1
+            self.hist[int(latency_ms // 1)] += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {"received": self.received, "missing": self.planned - self.received, "duplicates": self.duplicates,
+                "other": self.other, "behind": self.behind, "reconnects": self.reconnects}
+
+
+class Plan:
+    """event id -> (index, tap time) of every planned punch; empty until ``load``."""
+
+    def __init__(self, size: int = 0) -> None:
+        self.index: dict[str, tuple[int, float]] = {}
+        self.size = size
+        self.deadline = float("inf")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, rows: list[tuple[str, float]], deadline: float) -> None:
+        self.index = {event_id: (i, at) for i, (event_id, at) in enumerate(rows)}
+        self.deadline = deadline
+
+    def record(self, tally: Tally, data: str, now: float) -> None:
+        """Count a punch event's ``data`` (JSON with event_id) arriving at ``now`` (epoch s)."""
+        found = self.index.get(_event_id(data))
+        tally.punch(None, 0.0) if found is None else tally.punch(found[0], (now - found[1]) * 1000)
+
+
+def _event_id(data: str) -> str:
+    # The id sits near the start of the object; a full json.loads per event per client is what
+    # would make the readers, not the server, the bottleneck.
+    at = data.find('"event_id"')
+    if at < 0:
+        return ""
+    start = data.find('"', data.find(":", at) + 1) + 1
+    return data[start:data.find('"', start)]
+
+
+async def normal_client(url: str, plan: Plan, tally: Tally, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """Read /events until ``stop``; resume from the last id after ``behind`` or a drop."""
+    last_id: str | None = None
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while not stop.is_set():
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                async with session.get(url, headers=headers) as response:
+                    ready.set()
+                    parser = SseParser()
+                    async for chunk in response.content.iter_any():
+                        now = time.time()
+                        for event in parser.feed(chunk):
+                            last_id = event.id or last_id
+                            if event.type == "punch":
+                                plan.record(tally, event.data, now)
+                            elif event.type == "behind":
+                                tally.behind += 1
+                        if stop.is_set():
+                            return
+            except (aiohttp.ClientError, OSError) as exc:
+                logger.warning("client: %s", exc)
+            tally.reconnects += 1
+            await asyncio.sleep(RECONNECT_S)
+
+
+async def slow_client(host: str, port: int, path: str, counts: dict[str, int], ready: asyncio.Event,
+                      stop: asyncio.Event) -> None:
+    """Read the stream a few hundred bytes at a time through a tiny receive buffer."""
+    while not stop.is_set():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=SLOW_READ_BYTES)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            ready.set()
+            tail = b""
+            while not stop.is_set():
+                chunk = await reader.read(SLOW_READ_BYTES)
+                if not chunk:
+                    break
+                counts["bytes"] += len(chunk)
+                counts["behind"] += (tail + chunk).count(b"event: behind")
+                tail = chunk[-16:]
+                await asyncio.sleep(SLOW_SLEEP_S)
+            writer.close()
+        except OSError as exc:
+            logger.warning("slow client: %s", exc)
+            sock.close()
+        counts["reconnects"] += 1
+        await asyncio.sleep(RECONNECT_S)
+
+
+async def run_clients(url: str, plan: Plan, normal: int, slow: int) -> dict[str, Any]:
+    """Connect every client, say ``ready``, read until stop/complete/deadline; the result."""
+    stop = asyncio.Event()
+    tallies = [Tally(len(plan)) for _ in range(normal)]
+    slow_counts = [{"bytes": 0, "behind": 0, "reconnects": 0} for _ in range(slow)]
+    readies = [asyncio.Event() for _ in range(normal + slow)]
+    parsed = URL(url)
+    tasks = [asyncio.create_task(normal_client(url, plan, t, r, stop)) for t, r in zip(tallies, readies)]
+    tasks += [asyncio.create_task(slow_client(parsed.host or "127.0.0.1", parsed.port or 80, parsed.path_qs, c, r, stop))
+              for c, r in zip(slow_counts, readies[normal:])]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
+    print("ready", flush=True)
+    told = _stdin_commands(plan)
+    while time.time() < plan.deadline and not told.is_set():
+        if plan.index and tallies and all(t.complete for t in tallies):
+            break
+        await asyncio.sleep(0.2)
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"clients": [t.summary() for t in tallies], "slow": slow_counts,
+            "hist": {str(k): v for k, v in merge(t.hist for t in tallies).items()}}
+
+
+def _stdin_commands(plan: Plan) -> threading.Event:
+    """Follow stdin in a daemon thread (never awaited at exit): ``plan PATH DEADLINE`` loads the
+    plan; ``stop`` or end of input sets the returned event."""
+    told = threading.Event()
+
+    def follow() -> None:
+        for line in sys.stdin:
+            words = line.split()
+            if words[:1] == ["plan"]:
+                rows = [(str(e), float(t)) for e, t in json.loads(Path(words[1]).read_text())]
+                plan.load(rows, float(words[2]))  # one assignment each: safe for the loop's readers
+            elif words[:1] == ["stop"]:
+                break
+        told.set()
+
+    threading.Thread(target=follow, name="stdin", daemon=True).start()
+    return told
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    args.add_argument("url")
+    args.add_argument("--planned", type=int, default=0, help="punches the plan will hold")
+    args.add_argument("--clients", type=int, default=0)
+    args.add_argument("--slow", type=int, default=0)
+    ns = args.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    result = asyncio.run(run_clients(ns.url, Plan(ns.planned), ns.clients, ns.slow))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
