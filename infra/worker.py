@@ -26,6 +26,7 @@ from faust.worker import Worker
 from psycopg_pool import ConnectionPool
 
 from infra.employee_sync import sync_employees
+from infra.kafka import answers_metadata
 from infra.migrate import migrate_clickhouse, migrate_postgres
 from infra.report_server import start_report_server
 from infra.topics import TopicSpec, ensure_topics
@@ -199,6 +200,9 @@ def _watch_lag(settings: Settings, metrics: WorkerMetrics, done: threading.Event
     failing = False
     while not done.is_set():
         try:
+            # Asked quietly first: start_positions' consumer logs every refused connection to stderr.
+            if not answers_metadata(bootstrap, every_s):
+                raise ConnectionError(f"Kafka at {bootstrap} does not answer")
             metrics.set_lag(topic, start_positions(bootstrap, group, topic, timeout_s=every_s))
         except Exception as exc:  # Kafka away: the lag is unknown until it answers; the worker says why
             metrics.lag_failures.inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.worker import _watch_lag
 from producers.publisher import publishing_metrics
 from producers.pull.device import DeviceWorker
 from producers.pull.metrics import PullMetrics, devices_metrics
@@ -25,6 +27,7 @@ from streams.logic import BatchPlan
 from streams.stats import WorkerMetrics, WorkerStats
 from tapstream.errors import PermanentSinkError
 from tapstream.metrics import collect_with, exposition, family, new_registry, serve
+from tapstream.settings import KafkaSettings, Settings
 from tests.factories import enriched
 from tests.unit.test_pull_device import DEVICE, FakeClient, FakeDevice, FakeOutput, entry, fast_settings, start, wait_for
 from tests.unit.test_push_server import E9_BODY, SERIAL, Env, FakePublisher
@@ -207,3 +210,19 @@ def test_pull_metrics_count_punches_by_source_failures_and_states() -> None:
     assert samples[("tapstream_pull_devices", frozenset({("state", "live")}))] == 1
     assert samples[("tapstream_pull_devices", frozenset({("state", "backoff")}))] == 0
     assert samples[("tapstream_pull_device_connected", frozenset({("device", DEVICE.serial)}))] == 1
+
+
+def test_the_lag_probe_survives_kafka_away_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        settings = Settings(kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{closed.getsockname()[1]}"))
+        registry, done = new_registry(), threading.Event()
+        metrics = WorkerMetrics(registry)
+        probe = threading.Thread(target=_watch_lag, args=(settings, metrics, done, 0.1), daemon=True)
+        with caplog.at_level(logging.WARNING, logger="infra.worker"):
+            probe.start()
+            wait_for(lambda: (value(registry, "tapstream_worker_lag_probe_failures_total") or 0) >= 3)
+            done.set()
+            probe.join(5)
+    assert not probe.is_alive()
+    assert sum("consumer lag" in r.getMessage() for r in caplog.records) == 1
