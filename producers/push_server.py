@@ -7,6 +7,7 @@ error only when the spool cannot write (503: the device keeps its batch and retr
 are quarantined and acknowledged, so a device never re-sends a batch forever.
 
 ``upload_outcome`` is the decision as a plain function; ``PushEndpoint`` wires it to aiohttp.
+GET /healthz answers in JSON, GET /metrics in Prometheus text (producers.push_metrics, docs/metrics.md).
 """
 
 from __future__ import annotations
