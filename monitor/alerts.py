@@ -287,3 +287,9 @@ def open_incidents(published: Iterable[Alert]) -> list[Alert]:
     for alert in published:
         last[alert.key] = alert
     return sorted((a for a in last.values() if a.state is AlertState.FIRING), key=lambda a: (a.started_at, a.key))
+
+
+def alert_line(alert: Alert) -> str:
+    """One line for logs and `tapstream alerts list`: severity, key, since when, message."""
+    since = alert.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{alert.severity.value:<8} {alert.key:<36} since {since}  {alert.message}"

@@ -12,7 +12,8 @@ import typer
 
 from tapstream import logs
 from tapstream.commands import (
-    bench, demo, devices, emulate, employees, pull, push, quarantine, replay, report, schema, stack, status, worker,
+    alerts, bench, demo, devices, emulate, employees, monitor, pull, push, quarantine, replay, report, schema, stack,
+    status, worker,
 )
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
@@ -30,6 +31,7 @@ app.add_typer(schema.app, name="schemas")
 app.add_typer(bench.app, name="bench")
 app.add_typer(emulate.app, name="emulate")
 app.add_typer(quarantine.app, name="quarantine")
+app.add_typer(alerts.app, name="alerts")
 app.command("push")(push.push)
 app.command("pull")(pull.pull)
 app.command("backfill")(pull.backfill)
@@ -39,6 +41,7 @@ app.command("replay")(replay.replay)
 app.command("checksums")(replay.checksums)
 app.command("report")(report.report)
 app.command("status")(status.status)
+app.command("monitor")(monitor.monitor)
 
 
 @app.callback()

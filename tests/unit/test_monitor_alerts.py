@@ -116,7 +116,8 @@ def test_spool_backlog_by_rows_or_by_age() -> None:
 def test_evaluate_reads_every_source_and_names_what_it_could_not() -> None:
     statuses = {"SN-1": device("SN-1", clock_offset_s=500.0), "SN-2": device("SN-2", state=LinkState.STOPPED)}
     push = {"PU-1": at(-700), "SN-1": at(-5000)}  # SN-1 is a pull device: its status decides
-    ev = evaluate(LIMITS, T0, pipeline(lag=6000, failing={"postgres": "down"}), statuses, push, ["postgres", "clickhouse"])
+    status = pipeline(lag=6000, failing={"postgres": "down"})
+    ev = evaluate(LIMITS, T0, status, statuses, push, ["postgres", "clickhouse"])
     holding = sorted(c.key for c in ev.conditions if c.holds)
     assert holding == ["clock_drift:SN-1", "consumer_lag:tapstream-worker", "device_offline:PU-1",
                        "sink_failing:postgres"]
