@@ -197,6 +197,10 @@ class MonitorSettings(BaseModel):
     )
     heartbeat_s: float = Field(15.0, description="an SSE comment this often keeps idle connections open, seconds")
     snapshot_interval_s: float = Field(5.0, description="device grid, counters and lag refreshed this often, seconds")
+    backlog_events: int = Field(
+        5000, description="live punches read back from before the start, so the ring is not empty at first"
+    )
+    run_alerts: bool = Field(True, description="evaluate and publish alerts in the monitor process")
 
 
 class AlertSettings(BaseModel):

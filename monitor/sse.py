@@ -1,0 +1,162 @@
+"""One /events stream: catch the client up from its id, then follow the ring until it leaves.
+
+A client with an id first gets what the ring no longer holds, read from Kafka for it alone
+(``read_spans``), then the ring from the first entry it lacks: no gap, nothing twice. Every
+event carries the client's cursor after it as its SSE ``id``. Events are written in chunks
+(one write per wake-up); a client whose socket stops taking them while more than
+``client_buffer`` events pass gets ``behind`` and is closed, and resumes by reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from monitor.feed import Client, Decoded, Feed, render
+from monitor.ring import Cursor, FeedEvent, Filter, start_seq
+from monitor.views import dumps
+
+logger = logging.getLogger(__name__)
+
+SpanReader = Callable[[dict[str, tuple[int, int]]], Awaitable[list[Decoded]]]
+CHUNK_EVENTS = 1000  # ring entries looked at per write at most
+BACKFILL_ROUNDS = 5  # the ring evicts while a gap is read: read the new gap, a few times at most
+KEEPALIVE = b": keepalive\n\n"
+
+
+@dataclass(frozen=True)
+class Out:
+    """Where a stream writes: the response, and the request whose connection can be cut."""
+
+    request: web.Request
+    resp: web.StreamResponse
+
+
+def frame(kind: str, data: str, cursor: Cursor) -> str:
+    """One SSE event."""
+    return f"id: {cursor.id()}\nevent: {kind}\ndata: {data}\n\n"
+
+
+async def stream_events(
+    feed: Feed, request: web.Request, resp: web.StreamResponse, flt: Filter, cursor: Cursor | None,
+    read_spans: SpanReader, heartbeat_s: float,
+) -> None:
+    """Serve one prepared SSE response until the client leaves or falls behind."""
+    client = feed.attach(cursor)
+    out = Out(request, resp)
+    try:
+        if cursor is not None:
+            if not await _backfill(feed, client, flt, out, read_spans):
+                return
+            client.resume.seq = start_seq(feed.ring, client.resume.cursor)
+        await _follow(feed, client, flt, out, heartbeat_s)
+    except ConnectionResetError:  # the client went away (aiohttp's reset error derives from it)
+        pass
+    finally:
+        feed.detach(client)
+
+
+async def _backfill(feed: Feed, client: Client, flt: Filter, out_: Out, read: SpanReader) -> bool:
+    """Send what the ring no longer holds; False when it could not be read (stream closed)."""
+    for _ in range(BACKFILL_ROUNDS):
+        gaps = feed.ring.gaps(client.resume.cursor)
+        if not gaps:
+            return True
+        try:
+            decoded = await read(gaps)
+        except Exception as exc:  # Kafka away: close; the client retries with the same id
+            logger.warning("cannot read %s for a resuming client: %s", gaps, exc)
+            return False
+        out = []
+        for message in decoded:
+            event = render(message, feed.board)
+            if event is not None and client.resume.take_backfill(event) and flt.passes(event):
+                out.append(frame(event.kind, event.data, client.resume.cursor))
+        for code, (_start, end) in gaps.items():  # read to the end, compacted holes included
+            client.resume.cursor = client.resume.cursor.union(Cursor().at(code, end))
+        if out:
+            await out_.resp.write("".join(out).encode())
+            feed.metrics.sent.inc(len(out))
+    logger.warning("a resuming client could not catch up with the ring; closing it")
+    await _behind(feed, client, out_, 1.0)
+    return False
+
+
+async def _follow(feed: Feed, client: Client, flt: Filter, out_: Out, heartbeat_s: float) -> None:
+    resp = out_.resp
+    while True:
+        if client.behind.is_set() or feed.ring.lost(client.resume.seq):
+            await _behind(feed, client, out_, heartbeat_s)
+            return
+        out, looked = _pending(feed, client, flt)
+        if out:
+            client.writing = True
+            try:
+                taken = await _write(resp, "".join(out).encode(), client.behind)
+            finally:
+                client.writing = False
+            feed.metrics.sent.inc(len(out))
+            if not taken:
+                await _behind(feed, client, out_, heartbeat_s)
+                return
+            continue
+        if looked:
+            continue  # everything filtered out; there may be more
+        changed = feed.changed()
+        try:
+            await asyncio.wait_for(changed.wait(), heartbeat_s)
+        except TimeoutError:
+            await resp.write(KEEPALIVE)
+
+
+def _pending(feed: Feed, client: Client, flt: Filter) -> tuple[list[str], bool]:
+    """Frames of what the client lacks and wants (announcements first); whether ring entries were looked at."""
+    out = []
+    while client.transient:
+        event: FeedEvent = client.transient.popleft()
+        if flt.passes(event):
+            out.append(frame(event.kind, event.data, client.resume.cursor))
+    entries = feed.ring.since(client.resume.seq, CHUNK_EVENTS)
+    for entry in entries:
+        if client.resume.take(entry) and flt.passes(entry.event):
+            out.append(frame(entry.event.kind, entry.event.data, client.resume.cursor))
+    return out, bool(entries)
+
+
+async def _write(resp: web.StreamResponse, chunk: bytes, behind: asyncio.Event) -> bool:
+    """Write ``chunk``; False when the client was flagged behind before the socket took it."""
+    write = asyncio.ensure_future(resp.write(chunk))
+    flagged = asyncio.ensure_future(behind.wait())
+    try:
+        done, _ = await asyncio.wait({write, flagged}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        flagged.cancel()
+    if write in done:
+        write.result()
+        return True
+    write.cancel()  # the bytes are in the transport's buffer; only the wait for room ends
+    return False
+
+
+async def _behind(feed: Feed, client: Client, out: Out, grace_s: float) -> None:
+    """Tell the client where to resume from and close its stream (cut it if it takes nothing)."""
+    feed.metrics.behind.inc()
+    cursor = client.resume.cursor
+    notice = dumps({
+        "message": f"more than {feed.client_buffer} events behind: reconnect to resume",
+        "last_event_id": cursor.id(),
+    })
+    try:
+        await asyncio.wait_for(out.resp.write(frame("behind", notice, cursor).encode()), grace_s)
+        await asyncio.wait_for(out.resp.write_eof(), grace_s)
+    except (TimeoutError, ConnectionResetError):
+        # It takes nothing: cut the connection rather than hold its buffers forever.
+        transport = out.request.transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.abort()
