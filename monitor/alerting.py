@@ -252,6 +252,8 @@ class AlertRunner:
             if webhook and posting:
                 await webhook.drain(s.alerts.webhook_timeout_s)
                 posting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await posting
             await asyncio.to_thread(producer.flush, DELIVERY_TIMEOUT_S)
             if self._own_statuses is not None:
                 self._own_statuses.close()
