@@ -276,22 +276,30 @@
     line.appendChild(stats);
     card.appendChild(line);
 
+    const log = deviceLog(d);
+    if (log) card.appendChild(log);
+    return card;
+  }
+
+  // The log memory bar; null for a device that reports no log figures (push devices).
+  function deviceLog(d) {
     const pct = d.log_used_pct;
+    if (pct === null || pct === undefined) return null;
     const log = el("div", "log");
     const bar = el("div", "bar");
     const fill = el("div", "fill" + (pct >= 90 ? " crit" : pct >= 75 ? " warn" : ""));
-    fill.style.width = (pct === null || pct === undefined ? 0 : Math.min(100, Math.max(0, pct))) + "%";
+    fill.style.width = Math.min(100, Math.max(0, pct)) + "%";
     bar.appendChild(fill);
     log.appendChild(bar);
-    let text = pct === null || pct === undefined ? "log —" : "log " + pct.toFixed(pct < 10 ? 1 : 0) + "% used";
+    const shown = pct < 0.1 && d.records > 0 ? "< 0.1" : pct.toFixed(pct < 10 ? 1 : 0);
+    let text = "log " + shown + "% used";
     if (d.records !== null && d.records !== undefined && d.records_capacity) {
       text += " (" + num(d.records) + " / " + num(d.records_capacity) + ")";
     }
     const label = el("span", "log-text", text);
     label.dataset.field = "log-used";
     log.appendChild(label);
-    card.appendChild(log);
-    return card;
+    return log;
   }
 
   function renderDevices() {
