@@ -2,9 +2,9 @@
 
 ``Feed.ingest`` takes decoded topic messages (from monitor.source, in topic order), renders
 each once into a ``FeedEvent``, appends it to the ring, updates the board and wakes the client
-streams (monitor.sse). It never waits on a client: a client whose connection stops taking
-writes while more than ``client_buffer`` events pile up behind it is flagged ``behind`` here and
-cut by its own stream.
+streams (monitor.sse). It never waits on a client: each stream reads the ring at its own pace,
+and one whose connection stops taking writes while more than ``client_buffer`` events wait for
+it is cut by its own stream (``is_behind``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ class Client:
     """One /events stream as the feed sees it (monitor.sse drives it)."""
 
     resume: Resume
-    writing: bool = False  # a write to its connection is waiting for the socket to take it
-    behind: asyncio.Event = field(default_factory=asyncio.Event)
     transient: deque[FeedEvent] = field(default_factory=lambda: deque(maxlen=256))
 
 
@@ -140,9 +138,6 @@ class Feed:
         return self._changed
 
     def _wake(self) -> None:
-        for client in self.clients:
-            if client.writing and self.is_behind(client):
-                client.behind.set()
         self._changed.set()
         self._changed = asyncio.Event()
 

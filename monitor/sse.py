@@ -1,10 +1,12 @@
 """One /events stream: catch the client up from its id, then follow the ring until it leaves.
 
 A client with an id first gets what the ring no longer holds, read from Kafka for it alone
-(``read_spans``), then the ring from the first entry it lacks: no gap, nothing twice. Every
+(``read_spans``), then the ring from the first entry it lacks: no gap, nothing twice (the same
+when a burst bigger than the ring evicts entries a client has not taken yet). Every
 event carries the client's cursor after it as its SSE ``id``. Events are written in chunks
-(one write per wake-up); a client whose socket stops taking them while more than
-``client_buffer`` events pass gets ``behind`` and is closed, and resumes by reconnecting.
+(one write per wake-up). A client whose socket has not taken a write for ``stall_s`` while
+more than ``client_buffer`` events wait for it gets ``behind`` and is closed; it resumes by
+reconnecting. A burst bigger than the buffer does not cut a client that keeps reading.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ SpanReader = Callable[[dict[str, tuple[int, int]]], Awaitable[list[Decoded]]]
 CHUNK_EVENTS = 1000  # ring entries looked at per write at most
 BACKFILL_ROUNDS = 5  # the ring evicts while a gap is read: read the new gap, a few times at most
 KEEPALIVE = b": keepalive\n\n"
+STALL_S = 1.0  # a write not taken for this long, with client_buffer events waiting: behind
+CHECK_S = 0.1  # how often a pending write looks at how far behind its client is
 
 
 @dataclass(frozen=True)
@@ -44,28 +48,28 @@ def frame(kind: str, data: str, cursor: Cursor) -> str:
 
 async def stream_events(
     feed: Feed, request: web.Request, resp: web.StreamResponse, flt: Filter, cursor: Cursor | None,
-    read_spans: SpanReader, heartbeat_s: float,
+    read_spans: SpanReader, heartbeat_s: float, stall_s: float = STALL_S,
 ) -> None:
     """Serve one prepared SSE response until the client leaves or falls behind."""
     client = feed.attach(cursor)
     out = Out(request, resp)
     try:
-        if cursor is not None:
-            if not await _backfill(feed, client, flt, out, read_spans):
-                return
-            client.resume.seq = start_seq(feed.ring, client.resume.cursor)
-        await _follow(feed, client, flt, out, heartbeat_s)
+        if cursor is not None and not await _catch_up(feed, client, flt, out, read_spans):
+            return
+        await _follow(feed, client, flt, out, read_spans, heartbeat_s, stall_s)
     except ConnectionResetError:  # the client went away (aiohttp's reset error derives from it)
         pass
     finally:
         feed.detach(client)
 
 
-async def _backfill(feed: Feed, client: Client, flt: Filter, out_: Out, read: SpanReader) -> bool:
-    """Send what the ring no longer holds; False when it could not be read (stream closed)."""
+async def _catch_up(feed: Feed, client: Client, flt: Filter, out_: Out, read: SpanReader) -> bool:
+    """Send what the ring no longer holds, then place the client in the ring; False when the
+    gap could not be read (the stream is closed)."""
     for _ in range(BACKFILL_ROUNDS):
         gaps = feed.ring.gaps(client.resume.cursor)
         if not gaps:
+            client.resume.seq = start_seq(feed.ring, client.resume.cursor)
             return True
         try:
             decoded = await read(gaps)
@@ -87,19 +91,16 @@ async def _backfill(feed: Feed, client: Client, flt: Filter, out_: Out, read: Sp
     return False
 
 
-async def _follow(feed: Feed, client: Client, flt: Filter, out_: Out, heartbeat_s: float) -> None:
+async def _follow(feed: Feed, client: Client, flt: Filter, out_: Out, read: SpanReader, heartbeat_s: float,
+                  stall_s: float) -> None:
     resp = out_.resp
     while True:
-        if client.behind.is_set() or feed.ring.lost(client.resume.seq):
-            await _behind(feed, client, out_, heartbeat_s)
+        # A burst bigger than the ring evicted entries before this client took them: from Kafka.
+        if feed.ring.lost(client.resume.seq) and not await _catch_up(feed, client, flt, out_, read):
             return
         out, looked = _pending(feed, client, flt)
         if out:
-            client.writing = True
-            try:
-                taken = await _write(resp, "".join(out).encode(), client.behind)
-            finally:
-                client.writing = False
+            taken = await _write(resp, "".join(out).encode(), lambda: feed.is_behind(client), stall_s)
             feed.metrics.sent.inc(len(out))
             if not taken:
                 await _behind(feed, client, out_, heartbeat_s)
@@ -128,19 +129,21 @@ def _pending(feed: Feed, client: Client, flt: Filter) -> tuple[list[str], bool]:
     return out, bool(entries)
 
 
-async def _write(resp: web.StreamResponse, chunk: bytes, behind: asyncio.Event) -> bool:
-    """Write ``chunk``; False when the client was flagged behind before the socket took it."""
+async def _write(resp: web.StreamResponse, chunk: bytes, behind: Callable[[], bool], stall_s: float) -> bool:
+    """Write ``chunk``; False when, still not taken after ``stall_s``, the client is ``behind()``."""
     write = asyncio.ensure_future(resp.write(chunk))
-    flagged = asyncio.ensure_future(behind.wait())
+    waited = 0.0
     try:
-        done, _ = await asyncio.wait({write, flagged}, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait({write}, timeout=CHECK_S)
+            if done:
+                write.result()
+                return True
+            waited += CHECK_S
+            if waited >= stall_s and behind():
+                return False
     finally:
-        flagged.cancel()
-    if write in done:
-        write.result()
-        return True
-    write.cancel()  # the bytes are in the transport's buffer; only the wait for room ends
-    return False
+        write.cancel()  # when cut: the bytes are in the transport's buffer; only the wait for room ends
 
 
 async def _behind(feed: Feed, client: Client, out: Out, grace_s: float) -> None:

@@ -204,7 +204,7 @@ async def no_spans(spans: dict[str, tuple[int, int]]) -> list[Decoded]:
 def start_stream(feed: Feed, resp: FakeResponse, flt: Filter = Filter(), cursor: Cursor | None = None,
                  spans: Any = no_spans) -> asyncio.Task[None]:
     return asyncio.ensure_future(stream_events(
-        feed, FakeRequest(), resp, flt, cursor, spans, heartbeat_s=0.5,  # type: ignore[arg-type]  # fakes
+        feed, FakeRequest(), resp, flt, cursor, spans, heartbeat_s=0.5, stall_s=0.2,  # type: ignore[arg-type]  # fakes
     ))
 
 
