@@ -25,6 +25,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
 from emulator.device import DeviceConfig
 from emulator.fleet import ThreadedFleet
@@ -87,7 +88,8 @@ def start_pipeline(make_pipeline: Callable[..., Pipeline], fresh_topic: Callable
     """Worker, push endpoint and pull producer on fresh topics; (pipeline, processes, push URL)."""
     live = {"TAPSTREAM_TOPICS__LIVE": fresh_topic(1, prefix="e2e.live"),
             "TAPSTREAM_TOPICS__ALERTS": fresh_topic(1, prefix="e2e.alerts")}
-    pipeline = make_pipeline(dsn, raw_partitions=1, **live, **FAST_WORKER)
+    fast_alerts = {"TAPSTREAM_ALERTS__INTERVAL_S": "1"}
+    pipeline = make_pipeline(dsn, raw_partitions=1, **live, **FAST_WORKER, **fast_alerts)
     with psycopg.connect(dsn) as conn:
         add_device(conn, serial=PULL, kind="pull", timezone="Asia/Dhaka", name="Canteen", site="Plant",
                    address="127.0.0.1", port=pull_port)
@@ -163,11 +165,54 @@ def check_row(row: dict[str, Any], name: str, serial: str) -> None:
         assert (row["device"], row["site"]) == ("Canteen", "Plant")
 
 
+def load_page(browser: WebDriver, url: str, before: dict[str, str], dsn: str, watched: list[TapstreamProcess]) -> None:
+    """Open the page; it shows every stored punch as it is, both devices online, today's counts."""
+    names = stored(dsn)
+    browser.get(url + "/")
+    wait_for(lambda: browser.execute_script("return document.body.dataset.ready") == "true", 30, "the page")
+    browser.execute_script("window.notReloaded = true")
+    shown = wait_for(lambda: feed_holding(browser, set(before)), 30, "the stored punches in the feed", *watched)
+    for event_id, serial in before.items():
+        check_row(shown[event_id], names[event_id], serial)
+    wait_for(lambda: browser.execute_script(DEVICES_JS) == {PULL: "true", PUSH: "true"}, 30,
+             "both devices online in the grid", *watched)
+    wait_for(lambda: (counter(browser, "punches") or 0) >= len(before), 30, "today's punches counted", *watched)
+    wait_for(lambda: (counter(browser, "unmatched") or 0) >= 1, 30, "the stranger's punch counted", *watched)
+    wait_for(lambda: browser.find_element("id", "conn").get_attribute("data-state") == "live", 10, "live")
+
+
+def check_live(browser: WebDriver, after: dict[str, str], dsn: str, watched: list[TapstreamProcess]) -> None:
+    """Punches made after the page loaded show on top of the feed, without a reload."""
+    shown = wait_for(lambda: feed_holding(browser, set(after)), 30, "the new punches in the feed, no reload", *watched)
+    assert browser.execute_script("return window.notReloaded") is True
+    names = stored(dsn)
+    for event_id, serial in after.items():
+        check_row(shown[event_id], names[event_id], serial)
+    newest = browser.execute_script("return document.querySelector('#feed tbody tr').dataset.eventId")
+    assert newest in after
+
+
+def check_site_filter(browser: WebDriver, fleet: ThreadedFleet, push_url: str, monitor_url: str,
+                      watched: list[TapstreamProcess]) -> None:
+    """Site HQ: only the push device's punches and card; a pull punch the monitor has is not shown."""
+    Select(browser.find_element("id", "filter-site")).select_by_value("HQ")
+    wait_for(lambda: browser.execute_script(DEVICES_JS) == {PUSH: "true"}, 10, "the grid narrowed to HQ")
+    assert browser.current_url.endswith("/?site=HQ")
+    assert {row["site"] for row in feed(browser).values()} == {"HQ"}
+    hidden = pull_punch(fleet, KNOWN[2])
+    wait_for(lambda: hidden in {p["event_id"] for p in wait_http(monitor_url + "/api/snapshot", 10)["recent"]},
+             30, "the pull punch at the monitor", *watched)
+    shown = push_punch(push_url, KNOWN[2])
+    wait_for(lambda: feed_holding(browser, {shown}), 30, "the HQ punch in the filtered feed", *watched)
+    assert hidden not in feed(browser)  # sent before the HQ punch, it would be there by now unfiltered
+
+
 def test_monitor_page_shows_the_stored_punches_and_new_ones_live(
     make_pipeline: Callable[..., Pipeline], fresh_topic: Callable[..., str], pg_schema: PgSchema,
     browser: WebDriver,
 ) -> None:
-    with ThreadedFleet([DeviceConfig(PULL, users=len(KNOWN), verify_mode=15, timezone="Asia/Dhaka")]) as fleet:
+    slow_clock = DeviceConfig(PULL, users=len(KNOWN), verify_mode=15, timezone="Asia/Dhaka", clock_offset_s=-300)
+    with ThreadedFleet([slow_clock]) as fleet:
         pipeline, processes, push_url = start_pipeline(make_pipeline, fresh_topic, pg_schema.dsn, fleet.port(PULL))
         monitor, monitor_url = start_monitor(pipeline)
         watched = [*processes, monitor]
@@ -175,32 +220,19 @@ def test_monitor_page_shows_the_stored_punches_and_new_ones_live(
         before |= {push_punch(push_url, code): PUSH for code in KNOWN}
         push_punch(push_url, STRANGER)
         wait_for(lambda: set(before) <= set(stored(pg_schema.dsn)), 60, "the punches in PostgreSQL", *watched)
-        names = stored(pg_schema.dsn)
 
-        browser.get(monitor_url + "/")
-        wait_for(lambda: browser.execute_script("return document.body.dataset.ready") == "true", 30, "the page")
-        browser.execute_script("window.notReloaded = true")
-        shown = wait_for(lambda: feed_holding(browser, set(before)), 30, "the stored punches in the feed", *watched)
-        for event_id, serial in before.items():
-            check_row(shown[event_id], names[event_id], serial)
-        wait_for(lambda: browser.execute_script(DEVICES_JS) == {PULL: "true", PUSH: "true"}, 30,
-                 "both devices online in the grid", *watched)
-        wait_for(lambda: (counter(browser, "punches") or 0) >= len(before), 30, "today's punches counted", *watched)
-        wait_for(lambda: browser.find_element("id", "conn").get_attribute("data-state") == "live", 10, "live")
-
-        after = {push_punch(push_url, KNOWN[0]): PUSH, pull_punch(fleet, KNOWN[1]): PULL}
-        shown = wait_for(lambda: feed_holding(browser, set(after)), 30, "the new punches in the feed, no reload", *watched)
-        assert browser.execute_script("return window.notReloaded") is True
-        names = stored(pg_schema.dsn)
-        for event_id, serial in after.items():
-            check_row(shown[event_id], names[event_id], serial)
-        newest = browser.execute_script("return document.querySelector('#feed tbody tr').dataset.eventId")
-        assert newest in after  # newest on top
-        wait_for(lambda: (counter(browser, "unmatched") or 0) >= 1, 30, "the stranger's punch counted", *watched)
+        load_page(browser, monitor_url, before, pg_schema.dsn, watched)
+        check_live(browser, {push_punch(push_url, KNOWN[0]): PUSH, pull_punch(fleet, KNOWN[1]): PULL},
+                   pg_schema.dsn, watched)
+        alert = "#alerts li[data-kind=clock_drift]"  # the device clock is 5 min slow
+        wait_for(lambda: browser.find_elements("css selector", alert), 30, "the clock drift alert", *watched)
+        assert PULL in browser.find_element("css selector", alert).text
         time.sleep(1)  # let the fresh-row highlight settle before the picture
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(SCREENSHOT))
         print(f"screenshot: {SCREENSHOT}")
+
+        check_site_filter(browser, fleet, push_url, monitor_url, watched)
         logs = browser.get_log("browser")  # type: ignore[no-untyped-call]  # selenium leaves it unannotated
         severe = [e for e in logs if e.get("level") == "SEVERE"]
         assert not severe, f"errors in the page's console: {severe}"
