@@ -35,10 +35,10 @@ from infra.bench_events import bench_employees
 from infra.bench_live_compare import compare_throughput
 from infra.bench_live_load import Played, handshake, lag_figures, play, post_one
 from infra.bench_live_plan import (
-    LiveOptions, Tap, check_plan, device_serials, histogram, merge, percentiles, result_line, tap_schedule,
+    STAGES, LiveOptions, Tap, check_plan, device_serials, histogram, merge, percentiles, result_line, slow_summary, tap_schedule,
     uploads,
 )
-from infra.bench_live_run import LiveRun, Readers, plan_live_run, start_monitor, write_plan
+from infra.bench_live_run import LiveRun, Readers, drop_groups, plan_live_run, start_monitor, write_plan
 from infra.bench_live_sse import SseParser
 from infra.bench_run import Say, check_services, cleanup, prepare
 from infra.employees import publish_employees
@@ -72,6 +72,7 @@ def run_live_bench(settings: Settings, options: LiveOptions, say: Say) -> dict[s
     finally:
         if not options.keep:
             cleanup(run, say)
+            drop_groups(run, say)
     throughput = None
     if options.slow_clients and options.compare_events:
         throughput = compare_throughput(settings, options, say)
@@ -179,7 +180,6 @@ def _postgres_latency(run: LiveRun, taps: list[Tap], wait_s: float) -> dict[str,
 def _result(run: LiveRun, options: LiveOptions, measured: Measured, throughput: dict[str, Any] | None,
             machine: dict[str, Any], versions: dict[str, Any]) -> dict[str, Any]:
     clients = [c for r in measured.readers for c in r.get("clients", [])]
-    slow = [c for r in measured.readers for c in r.get("slow", [])]
     played, pg, w = measured.played, measured.postgres, run.settings.worker
     return result_line(
         bench="live", rate=options.rate, duration_s=options.duration_s, devices=options.devices,
@@ -189,10 +189,12 @@ def _result(run: LiveRun, options: LiveOptions, measured: Measured, throughput: 
         uploads_failed=played.failed, upload_lag_ms=lag_figures(played),
         tap_to_sse_ms=percentiles(merge(r.get("hist", {}) for r in measured.readers)),
         tap_to_postgres_ms=pg["latency"], postgres_rows=pg["rows"],
+        stages_ms={name: percentiles(merge(r.get("stages", {}).get(name, {}) for r in measured.readers))
+                   for name in STAGES},
         missing_per_client={str(k): v for k, v in sorted(Counter(c["missing"] for c in clients).items())},
         duplicates=sum(c["duplicates"] for c in clients),
         clients_behind=sum(1 for c in clients if c["behind"]),
-        slow_clients_behind=sum(1 for c in slow if c["behind"]),
+        slow_readers=slow_summary(measured.readers) if options.slow_clients else None,
         throughput=throughput,
         settings={"batch_max": w.batch_max, "batch_within_s": w.batch_within_s,
                   "client_buffer": run.settings.monitor.client_buffer, "client_procs": options.client_procs,

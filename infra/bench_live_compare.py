@@ -16,8 +16,8 @@ from typing import Any
 
 from infra.bench import _load, _run_worker  # the pipeline bench's own steps, reused as they are
 from infra.bench_events import worker_rate
-from infra.bench_live_plan import LiveOptions, throughput_ratio
-from infra.bench_live_run import Readers, plan_live_run, start_monitor
+from infra.bench_live_plan import LiveOptions, slow_summary, throughput_ratio
+from infra.bench_live_run import Readers, drop_groups, plan_live_run, start_monitor
 from infra.bench_run import BenchOptions, Say, cleanup, prepare
 from infra.harness import TapstreamProcess
 from tapstream.settings import Settings
@@ -25,16 +25,16 @@ from tapstream.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def compare_throughput(settings: Settings, options: LiveOptions, say: Say, pairs: int = 2) -> dict[str, Any]:
-    """Worker events/s with 0 and ``options.slow_clients`` slow readers, ``pairs`` times each."""
+def compare_throughput(settings: Settings, options: LiveOptions, say: Say) -> dict[str, Any]:
+    """Worker events/s with 0 and ``options.slow_clients`` slow readers, compare_pairs times each."""
     rates: dict[int, list[float | None]] = {0: [], options.slow_clients: []}
-    behind: list[int] = []
-    for _ in range(pairs):
+    cut: list[dict[str, int]] = []
+    for _ in range(options.compare_pairs):
         for slow in (0, options.slow_clients):
-            rate, fell_behind = _one(settings, options, slow, say)
+            rate, slow_counts = _one(settings, options, slow, say)
             rates[slow].append(rate)
             if slow:
-                behind.append(fell_behind)
+                cut.append(slow_counts)
     without = _median(rates[0])
     with_slow = _median(rates[options.slow_clients])
     ratio = throughput_ratio(without, with_slow)
@@ -43,11 +43,11 @@ def compare_throughput(settings: Settings, options: LiveOptions, say: Say, pairs
     return {"events": options.compare_events, "slow_clients": options.slow_clients,
             "without_events_per_s": rates[0], "with_events_per_s": rates[options.slow_clients],
             "median_without": without, "median_with": with_slow, "ratio": ratio,
-            "slow_behind_events": behind}
+            "slow_readers": cut}
 
 
-def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple[float | None, int]:
-    """One saturated run with ``slow`` slow readers; (worker events/s, behind events they got)."""
+def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple[float | None, dict[str, int]]:
+    """One saturated run with ``slow`` slow readers; (worker events/s, what befell the readers)."""
     run = plan_live_run(settings, options)
     bench = BenchOptions(events=options.compare_events, employees=options.employees, batch_max=options.batch_max,
                          mix=False)
@@ -62,7 +62,7 @@ def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple
             readers.wait_ready()
         _load(run, bench, say)
         outcome = _run_worker(run, bench, say)
-        fell_behind = sum(c["behind"] for r in readers.results(stop=True) for c in r.get("slow", [])) if readers else 0
+        counts = slow_summary(readers.results(stop=True)) if readers else {}
     finally:
         if readers is not None:
             readers.close()
@@ -70,9 +70,10 @@ def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple
             proc.stop()
         if not options.keep:
             cleanup(run, say)
+            drop_groups(run, say)
     rate = worker_rate(outcome.stats, options.compare_events)
     say(f"  ... {rate} events/s")
-    return (float(rate) if rate is not None else None), fell_behind
+    return (float(rate) if rate is not None else None), counts
 
 
 def _median(values: list[float | None]) -> float | None:

@@ -26,8 +26,8 @@ from schemas.punch import DEVICE_TIME_FORMAT, compute_event_id
 # Keys of the JSON line, in the order they are documented (docs/benchmarks.md).
 RESULT_KEYS = (
     "bench", "rate", "duration_s", "devices", "employees", "upload_interval_s", "clients", "slow_clients",
-    "punches", "rate_achieved", "uploads_failed", "upload_lag_ms", "tap_to_sse_ms", "tap_to_postgres_ms",
-    "postgres_rows", "missing_per_client", "duplicates", "clients_behind", "slow_clients_behind",
+    "punches", "rate_achieved", "uploads_failed", "upload_lag_ms", "tap_to_sse_ms", "tap_to_postgres_ms", "stages_ms",
+    "postgres_rows", "missing_per_client", "duplicates", "clients_behind", "slow_readers",
     "throughput", "settings", "machine", "versions", "run_id",
 )
 
@@ -36,7 +36,8 @@ RESULT_KEYS = (
 class LiveOptions:
     """What to measure: rate taps/s for duration_s from ``devices`` push devices uploading
     every upload_interval_s; ``clients`` SSE readers (``slow_clients`` slow ones besides);
-    compare_events: the pre-loaded events of each throughput run (0: no comparison)."""
+    compare_events: the pre-loaded events of each throughput run (0: no comparison), run
+    compare_pairs times with 0 and with the slow readers."""
 
     rate: float = 500.0
     duration_s: float = 60.0
@@ -48,7 +49,8 @@ class LiveOptions:
     client_procs: int = 2
     batch_within_s: float | None = None
     batch_max: int | None = None
-    compare_events: int = 20_000
+    compare_events: int = 30_000
+    compare_pairs: int = 3
     drain_s: float = 60.0
     keep: bool = False
 
@@ -186,11 +188,34 @@ def percentiles(hist: Mapping[int, int]) -> dict[str, float | int | None]:
     return out
 
 
+# Where a punch's time goes, from the timestamps a live punch carries (same machine, one clock):
+# the device's wait for its next upload and the POST; spool, raw topic, worker batch and both
+# sinks; the live-topic send, the monitor's read and fan-out, the client's read.
+STAGES = ("tap_to_received", "received_to_recorded", "recorded_to_sse")
+
+
+def stage_latencies(punch: Mapping[str, Any], tap_at: float, arrived_at: float) -> dict[str, float]:
+    """ms per STAGES of one SSE punch object (``received_at``/``recorded_at`` ISO times)."""
+    received = datetime.fromisoformat(str(punch["received_at"])).timestamp()
+    recorded = datetime.fromisoformat(str(punch["recorded_at"])).timestamp()
+    return {"tap_to_received": (received - tap_at) * 1000, "received_to_recorded": (recorded - received) * 1000,
+            "recorded_to_sse": (arrived_at - recorded) * 1000}
+
+
 def throughput_ratio(without: float | None, with_slow: float | None) -> float | None:
     """Worker events/s with slow clients divided by without them (None if either is unknown)."""
     if not without or with_slow is None:
         return None
     return round(with_slow / without, 3)
+
+
+def slow_summary(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """What the slow readers of every reader process got: clients told ``behind`` or cut off
+    (they reconnect), behind notices read, reconnections, bytes read."""
+    slow = [c for r in results for c in r.get("slow", [])]
+    return {"clients": len(slow), "cut_off": sum(1 for c in slow if c["behind"] or c["reconnects"]),
+            "behind_notices": sum(c["behind"] for c in slow), "reconnects": sum(c["reconnects"] for c in slow),
+            "bytes": sum(c["bytes"] for c in slow)}
 
 
 def result_line(**fields: object) -> dict[str, object]:

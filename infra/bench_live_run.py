@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
 from infra.bench_live_plan import LiveOptions, Tap
-from infra.bench_run import BenchOptions, BenchRun, plan_run
+from infra.bench_run import BenchOptions, BenchRun, Say, plan_run
 from infra.harness import TapstreamProcess, free_port, wait_http
 from tapstream.errors import TapstreamError
 from tapstream.settings import ENV_PREFIX, Settings
@@ -68,6 +71,19 @@ def plan_live_run(settings: Settings, options: LiveOptions, run_id: str | None =
         w = w.model_copy(update={"batch_within_s": options.batch_within_s})
     isolated = base.settings.model_copy(update={"topics": topics, "worker": w})
     return LiveRun(base.run_id, isolated, base.schema, base.base_dsn, free_port())
+
+
+def drop_groups(run: LiveRun, say: Say) -> None:
+    """Remove the consumer groups named after the run's app id that infra.bench_run.cleanup leaves
+    (the worker's ledger group ``<app id>-ledger``)."""
+    admin = AdminClient({"bootstrap.servers": run.settings.kafka.bootstrap, "log_level": 3})
+    try:
+        groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=15).result().valid]
+        mine = [g for g in groups if g.startswith(f"{run.settings.worker.app_id}-")]
+        for future in admin.delete_consumer_groups(mine, request_timeout=15).values() if mine else ():
+            future.exception(timeout=20)
+    except KafkaException as exc:
+        say(f"  cleanup: Kafka groups: {exc}")
 
 
 def start_monitor(run: LiveRun, procs: list[TapstreamProcess]) -> TapstreamProcess:

@@ -6,6 +6,8 @@ readers in one event loop:
 
 * normal clients (aiohttp) record, per punch of the tap plan, the arrival time minus the tap
   time; on ``behind`` or a closed stream they resume from the last SSE id as EventSource does;
+  the first client of each process also splits each latency into stages (received_at and
+  recorded_at of the punch);
 * slow clients read a few hundred bytes at a time through a tiny socket buffer, with sleeps,
   and reconnect when the server gives up on them: the load a pipeline must shrug off.
 
@@ -33,7 +35,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from infra.bench_live_plan import Histogram, merge
+from infra.bench_live_plan import STAGES, Histogram, merge, stage_latencies
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class Tally:
     """What one normal client saw of the plan: firsts arrivals as latencies, repeats, behinds."""
 
     planned: int
+    probe: bool = False  # also split each latency into STAGES (a full JSON parse per punch)
     seen: bytearray = field(init=False)
     received: int = 0
     duplicates: int = 0
@@ -99,6 +102,7 @@ class Tally:
     behind: int = 0
     reconnects: int = 0
     hist: Histogram = field(default_factory=Histogram)
+    stages: dict[str, Histogram] = field(default_factory=lambda: {name: Histogram() for name in STAGES})
 
     def __post_init__(self) -> None:
         self.seen = bytearray(self.planned)
@@ -107,7 +111,8 @@ class Tally:
     def complete(self) -> bool:
         return self.received >= self.planned
 
-    def punch(self, index: int | None, latency_ms: float) -> None:
+    def punch(self, index: int | None, latency_ms: float) -> bool:
+        """Count one punch; True when it is a planned punch seen for the first time."""
         if index is None:
             self.other += 1
         elif self.seen[index]:
@@ -116,6 +121,8 @@ class Tally:
             self.seen[index] = 1
             self.received += 1
             self.hist[int(latency_ms // 1)] += 1
+            return True
+        return False
 
     def summary(self) -> dict[str, Any]:
         return {"received": self.received, "missing": self.planned - self.received, "duplicates": self.duplicates,
@@ -140,7 +147,11 @@ class Plan:
     def record(self, tally: Tally, data: str, now: float) -> None:
         """Count a punch event's ``data`` (JSON with event_id) arriving at ``now`` (epoch s)."""
         found = self.index.get(_event_id(data))
-        tally.punch(None, 0.0) if found is None else tally.punch(found[0], (now - found[1]) * 1000)
+        if found is None:
+            tally.punch(None, 0.0)
+        elif tally.punch(found[0], (now - found[1]) * 1000) and tally.probe:
+            for name, ms in stage_latencies(json.loads(data), found[1], now).items():
+                tally.stages[name][int(ms // 1)] += 1
 
 
 def _event_id(data: str) -> str:
@@ -212,7 +223,7 @@ async def slow_client(host: str, port: int, path: str, counts: dict[str, int], r
 async def run_clients(url: str, plan: Plan, normal: int, slow: int) -> dict[str, Any]:
     """Connect every client, say ``ready``, read until stop/complete/deadline; the result."""
     stop = asyncio.Event()
-    tallies = [Tally(len(plan)) for _ in range(normal)]
+    tallies = [Tally(len(plan), probe=i == 0) for i in range(normal)]
     slow_counts = [{"bytes": 0, "behind": 0, "reconnects": 0} for _ in range(slow)]
     readies = [asyncio.Event() for _ in range(normal + slow)]
     parsed = URL(url)
@@ -231,7 +242,8 @@ async def run_clients(url: str, plan: Plan, normal: int, slow: int) -> dict[str,
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"clients": [t.summary() for t in tallies], "slow": slow_counts,
-            "hist": {str(k): v for k, v in merge(t.hist for t in tallies).items()}}
+            "hist": {str(k): v for k, v in merge(t.hist for t in tallies).items()},
+            "stages": {name: {str(k): v for k, v in tallies[0].stages[name].items()} for name in STAGES} if tallies else {}}
 
 
 def _stdin_commands(plan: Plan) -> threading.Event:

@@ -106,8 +106,9 @@ def live(
     ),
     batch_max: int | None = typer.Option(None, "--batch-max", min=1, help="worker batch size (default: configured)"),
     compare_events: int = typer.Option(
-        20_000, "--compare-events", min=0, help="events pre-loaded per throughput run (0: no comparison)"
+        30_000, "--compare-events", min=0, help="events pre-loaded per throughput run (0: no comparison)"
     ),
+    compare_pairs: int = typer.Option(3, "--compare-pairs", min=1, help="throughput runs with 0 and with N slow clients, alternating"),
     drain: float = typer.Option(60.0, "--drain", min=1.0, help="after the load, wait this long at most for the rest"),
     keep: bool = typer.Option(False, "--keep", help="keep the run's topics, schema and state"),
 ) -> None:
@@ -119,6 +120,7 @@ def live(
     options = LiveOptions(rate=rate, duration_s=duration, clients=clients, slow_clients=slow_clients, devices=devices,
                           employees=employees, upload_interval_s=upload_interval, client_procs=client_procs,
                           batch_within_s=batch_within, batch_max=batch_max, compare_events=compare_events,
+                          compare_pairs=compare_pairs,
                           drain_s=drain, keep=keep)
     try:
         result = run_live_bench(settings_of(ctx), options, say=_say)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 
 from infra.bench_live_plan import (
-    RESULT_KEYS, LiveOptions, Tap, check_plan, device_serials, histogram, merge, percentiles, result_line,
-    tap_schedule, throughput_ratio, uploads,
+    RESULT_KEYS, STAGES, LiveOptions, Tap, check_plan, device_serials, histogram, merge, percentiles, result_line,
+    slow_summary, stage_latencies, tap_schedule, throughput_ratio, uploads,
 )
 from infra.bench_live_run import _share, plan_live_run
 from infra.bench_live_sse import Plan, SseEvent, SseParser, Tally, _event_id
@@ -164,3 +165,31 @@ def test_a_live_run_isolates_the_live_and_alert_topics_too() -> None:
 def test_clients_are_shared_evenly_among_processes() -> None:
     assert [_share(100, 3, i) for i in range(3)] == [34, 33, 33]
     assert sum(_share(7, 2, i) for i in range(2)) == 7
+
+
+def test_a_probe_client_splits_each_latency_into_stages() -> None:
+    plan = Plan(1)
+    plan.load([("a", 100.0)], deadline=200.0)
+    tally = Tally(1, probe=True)
+    received, recorded = datetime.fromtimestamp(100.2, UTC), datetime.fromtimestamp(100.5, UTC)
+    data = json.dumps({"event_id": "a", "received_at": received.isoformat(), "recorded_at": recorded.isoformat()})
+    plan.record(tally, data, 100.6)
+    plan.record(tally, data, 101.0)  # a repeat is not measured again
+    measured = {name: list(h.elements()) for name, h in tally.stages.items()}
+    assert [len(v) for v in measured.values()] == [1, 1, 1]
+    for name, ms in {"tap_to_received": 200, "received_to_recorded": 300, "recorded_to_sse": 100}.items():
+        assert abs(measured[name][0] - ms) <= 1, name  # whole ms, rounded down from float sums
+
+
+def test_stage_latencies_add_up_to_the_whole() -> None:
+    punch = {"received_at": "2026-12-04T10:00:00.150000+00:00", "recorded_at": "2026-12-04T10:00:00.400000+00:00"}
+    tap = datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC).timestamp()
+    stages = stage_latencies(punch, tap, tap + 0.5)
+    assert stages == pytest.approx({"tap_to_received": 150, "received_to_recorded": 250, "recorded_to_sse": 100})
+    assert list(stages) == list(STAGES)
+
+
+def test_slow_readers_are_summed_over_processes() -> None:
+    results = [{"slow": [{"bytes": 10, "behind": 1, "reconnects": 2}, {"bytes": 5, "behind": 0, "reconnects": 0}]},
+               {"slow": [{"bytes": 1, "behind": 0, "reconnects": 1}]}, {}]
+    assert slow_summary(results) == {"clients": 3, "cut_off": 2, "behind_notices": 1, "reconnects": 3, "bytes": 16}
