@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel
 
 from monitor.feed import Decoded
@@ -26,7 +26,7 @@ from schemas.alert import Alert
 from schemas.codec import decode
 from schemas.device_status import DeviceStatus
 from schemas.live import LivePunch
-from tapstream.errors import ContractError
+from tapstream.errors import ContractError, StackError, first_line
 from tapstream.settings import TopicSettings
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ def start_cursor(bootstrap: str, names: dict[str, str], backlog: int, timeout_s:
     try:
         marks = {code: consumer.get_watermark_offsets(TopicPartition(names[code], 0), timeout=timeout_s)
                  for code in CODES}
+    except KafkaException as exc:
+        raise StackError(f"cannot read {', '.join(names.values())} on {bootstrap} "
+                         f"(is Kafka up, are the topics created? `tapstream stack up`): {first_line(exc)}") from exc
     finally:
         consumer.close()
     low, high = marks[LIVE]
