@@ -341,7 +341,7 @@
       item.title = error;
       return item;
     }));
-    if (!failing.length) box.appendChild(el("div", "sink-ok", "all sinks writing"));
+    if (!failing.length && lag.worker_running) box.appendChild(el("div", "sink-ok", "all sinks writing"));
   }
 
   function renderAlerts() {
