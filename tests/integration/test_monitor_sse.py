@@ -1,8 +1,8 @@
 """The monitor's /events on the real broker: resume without gap or repeat, slow clients, filters.
 
 Each test runs the monitor in this process (monitor.server.Monitor on a free port) over fresh
-topics, writes LivePunch / DeviceStatus / Alert records straight to them, and reads /events
-with aiohttp as a browser's EventSource would. Every blocking call (producing, a raw socket)
+topics, writes LivePunch / DeviceStatus / Alert records straight to them (the last test has a
+real worker publish them), and reads /events with aiohttp as a browser's EventSource would. Every blocking call (producing, a raw socket)
 runs in a thread: the monitor shares this event loop.
 """
 
@@ -24,6 +24,7 @@ import pytest
 from confluent_kafka import Producer
 from pydantic import BaseModel, SecretStr
 
+from infra.employees import publish_employees
 from monitor.ring import parse_id
 from monitor.server import Monitor
 from producers.registry import add_device
@@ -34,6 +35,7 @@ from schemas.live import LivePunch, live_punch
 from tapstream.settings import MonitorSettings, Settings
 from tests.factories import enriched
 from tests.integration.conftest import free_ports
+from tests.integration.pipeline_helpers import Pipeline, employees, produce, raw_punches
 
 if TYPE_CHECKING:
     from tests.integration.conftest import PgSchema
@@ -367,3 +369,34 @@ def test_filters_by_site_and_device_and_the_snapshot(
             await monitor.stop()
 
     asyncio.run(scenario())
+
+
+def test_punches_the_worker_stores_reach_an_sse_client_with_names_and_parked_ones_do_not(
+    settings_for: Callable[..., Settings], make_pipeline: Callable[..., Pipeline], pg_schema: PgSchema,
+    topics: Topics,
+) -> None:
+    pipeline = make_pipeline(pg_schema.dsn, raw_partitions=2, TAPSTREAM_TOPICS__LIVE=topics.live)
+    known = ["501", "502", "503"]
+    publish_employees(pipeline.bootstrap, pipeline.employees, employees(known))
+    punches = raw_punches(NORTH, [*known, "999"], 12, datetime(2026, 12, 1, 8))  # 999: no employee, parked
+    stored = [p for p in punches if p.user_code != "999"]
+    worker = pipeline.start_worker()
+
+    async def scenario() -> None:
+        monitor, base = await running(settings_for())
+        try:
+            async with aiohttp.ClientSession() as session:
+                stream = await Sse(session, base).open(f"?device={NORTH}")
+                await asyncio.to_thread(produce, pipeline.bootstrap, pipeline.raw, punches)
+                got = [f for f in await stream.take(len(stored) + 1, timeout_s=60) if f.event == "punch"]
+                assert await stream.next(2.0) is None  # the parked punches never show
+                stream.close()
+        finally:
+            await monitor.stop()
+        assert sorted(f.data["event_id"] for f in got) == sorted(str(p.event_id) for p in stored)
+        assert {f.data["employee_name"] for f in got} == {f"Employee {c}" for c in known}
+        assert {(f.data["device_name"], f.data["site"]) for f in got} == {("North door", "north")}
+        assert all(f.data["recorded_at"] >= f.data["received_at"] for f in got)
+
+    asyncio.run(scenario())
+    assert worker.stop() == 0
