@@ -34,7 +34,7 @@ CHECK_S = 0.1  # how often a pending write looks at how far behind its client is
 
 
 @dataclass(frozen=True)
-class Out:
+class Conn:
     """Where a stream writes: the response, and the request whose connection can be cut."""
 
     request: web.Request
@@ -52,18 +52,18 @@ async def stream_events(
 ) -> None:
     """Serve one prepared SSE response until the client leaves or falls behind."""
     client = feed.attach(cursor)
-    out = Out(request, resp)
+    conn = Conn(request, resp)
     try:
-        if cursor is not None and not await _catch_up(feed, client, flt, out, read_spans):
+        if cursor is not None and not await _catch_up(feed, client, flt, conn, read_spans):
             return
-        await _follow(feed, client, flt, out, read_spans, heartbeat_s, stall_s)
+        await _follow(feed, client, flt, conn, read_spans, heartbeat_s, stall_s)
     except ConnectionResetError:  # the client went away (aiohttp's reset error derives from it)
         pass
     finally:
         feed.detach(client)
 
 
-async def _catch_up(feed: Feed, client: Client, flt: Filter, out_: Out, read: SpanReader) -> bool:
+async def _catch_up(feed: Feed, client: Client, flt: Filter, conn: Conn, read: SpanReader) -> bool:
     """Send what the ring no longer holds, then place the client in the ring; False when the
     gap could not be read (the stream is closed)."""
     for _ in range(BACKFILL_ROUNDS):
@@ -84,26 +84,26 @@ async def _catch_up(feed: Feed, client: Client, flt: Filter, out_: Out, read: Sp
         for code, (_start, end) in gaps.items():  # read to the end, compacted holes included
             client.resume.cursor = client.resume.cursor.union(Cursor().at(code, end))
         if out:
-            await out_.resp.write("".join(out).encode())
+            await conn.resp.write("".join(out).encode())
             feed.metrics.sent.inc(len(out))
     logger.warning("a resuming client could not catch up with the ring; closing it")
-    await _behind(feed, client, out_, 1.0)
+    await _behind(feed, client, conn, 1.0)
     return False
 
 
-async def _follow(feed: Feed, client: Client, flt: Filter, out_: Out, read: SpanReader, heartbeat_s: float,
+async def _follow(feed: Feed, client: Client, flt: Filter, conn: Conn, read: SpanReader, heartbeat_s: float,
                   stall_s: float) -> None:
-    resp = out_.resp
+    resp = conn.resp
     while True:
         # A burst bigger than the ring evicted entries before this client took them: from Kafka.
-        if feed.ring.lost(client.resume.seq) and not await _catch_up(feed, client, flt, out_, read):
+        if feed.ring.lost(client.resume.seq) and not await _catch_up(feed, client, flt, conn, read):
             return
         out, looked = _pending(feed, client, flt)
         if out:
             taken = await _write(resp, "".join(out).encode(), lambda: feed.is_behind(client), stall_s)
             feed.metrics.sent.inc(len(out))
             if not taken:
-                await _behind(feed, client, out_, heartbeat_s)
+                await _behind(feed, client, conn, heartbeat_s)
                 return
             continue
         if looked:
@@ -146,7 +146,7 @@ async def _write(resp: web.StreamResponse, chunk: bytes, behind: Callable[[], bo
         write.cancel()  # when cut: the bytes are in the transport's buffer; only the wait for room ends
 
 
-async def _behind(feed: Feed, client: Client, out: Out, grace_s: float) -> None:
+async def _behind(feed: Feed, client: Client, conn: Conn, grace_s: float) -> None:
     """Tell the client where to resume from and close its stream (cut it if it takes nothing)."""
     feed.metrics.behind.inc()
     cursor = client.resume.cursor
@@ -155,11 +155,11 @@ async def _behind(feed: Feed, client: Client, out: Out, grace_s: float) -> None:
         "last_event_id": cursor.id(),
     })
     try:
-        await asyncio.wait_for(out.resp.write(frame("behind", notice, cursor).encode()), grace_s)
-        await asyncio.wait_for(out.resp.write_eof(), grace_s)
+        await asyncio.wait_for(conn.resp.write(frame("behind", notice, cursor).encode()), grace_s)
+        await asyncio.wait_for(conn.resp.write_eof(), grace_s)
     except (TimeoutError, ConnectionResetError):
         # It takes nothing: cut the connection rather than hold its buffers forever.
-        transport = out.request.transport
+        transport = conn.request.transport
         if transport is not None:
             with contextlib.suppress(Exception):
                 transport.abort()
