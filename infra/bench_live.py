@@ -38,7 +38,9 @@ from infra.bench_live_plan import (
     STAGES, LiveOptions, Tap, check_plan, device_serials, histogram, merge, percentiles, result_line, slow_summary, tap_schedule,
     uploads,
 )
-from infra.bench_live_run import LiveRun, Readers, drop_groups, plan_live_run, start_monitor, write_plan
+from infra.bench_live_run import (
+    CpuWindow, LiveRun, Readers, drop_groups, monitor_sse, plan_live_run, start_monitor, write_plan,
+)
 from infra.bench_live_sse import SseParser
 from infra.bench_run import Say, check_services, cleanup, prepare
 from infra.employees import publish_employees
@@ -57,6 +59,8 @@ class Measured:
     played: Played
     readers: list[dict[str, Any]]
     postgres: dict[str, Any]
+    sse: dict[str, float]  # the monitor's SSE counters at the end (infra.bench_live_run.monitor_sse)
+    cpu: dict[str, float]  # percent of one core per process during the load (infra.bench_live_run.CpuWindow)
 
 
 def run_live_bench(settings: Settings, options: LiveOptions, say: Say) -> dict[str, Any]:
@@ -100,12 +104,17 @@ def _measure(run: LiveRun, options: LiveOptions, say: Say) -> Measured:
         taps = tap_schedule(options, start, codes)
         write_plan(run.folder / "plan.json", taps)
         readers.send(f"plan {run.folder / 'plan.json'} {start + options.duration_s + options.drain_s}")
+        cpu = CpuWindow({"worker": [procs[0].pid], "push": [procs[1].pid], "monitor": [procs[2].pid],
+                         "readers": [c.pid for c in readers.children], "generator": [os.getpid()]})
         played = asyncio.run(play(push_url, uploads(taps, options, start), start))
-        say(f"  posted {played.acked}/{len(taps)} punches in {played.span_s:.1f}s ({played.failed} uploads failed)")
+        usage = cpu.end()
+        say(f"  posted {played.acked}/{len(taps)} punches in {played.span_s:.1f}s ({played.failed} uploads failed); "
+            f"CPU during the load: {usage}")
         results = readers.results()
-        say("  readers done")
+        sse = monitor_sse(run)
+        say(f"  readers done; the monitor says {sse}")
         pg = _postgres_latency(run, taps, options.drain_s)
-        return Measured(played, results, pg)
+        return Measured(played, results, pg, sse, usage)
     finally:
         if readers is not None:
             readers.close()
@@ -195,7 +204,7 @@ def _result(run: LiveRun, options: LiveOptions, measured: Measured, throughput: 
         duplicates=sum(c["duplicates"] for c in clients),
         clients_behind=sum(1 for c in clients if c["behind"]),
         slow_readers=slow_summary(measured.readers) if options.slow_clients else None,
-        throughput=throughput,
+        monitor_sse=measured.sse, throughput=throughput, cpu_pct=measured.cpu,
         settings={"batch_max": w.batch_max, "batch_within_s": w.batch_within_s,
                   "client_buffer": run.settings.monitor.client_buffer, "client_procs": options.client_procs,
                   "raw_partitions": run.settings.topics.raw_partitions},

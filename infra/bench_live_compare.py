@@ -17,7 +17,7 @@ from typing import Any
 from infra.bench import _load, _run_worker  # the pipeline bench's own steps, reused as they are
 from infra.bench_events import worker_rate
 from infra.bench_live_plan import LiveOptions, slow_summary, throughput_ratio
-from infra.bench_live_run import Readers, drop_groups, plan_live_run, start_monitor
+from infra.bench_live_run import Readers, drop_groups, monitor_sse, plan_live_run, start_monitor
 from infra.bench_run import BenchOptions, Say, cleanup, prepare
 from infra.harness import TapstreamProcess
 from tapstream.settings import Settings
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def compare_throughput(settings: Settings, options: LiveOptions, say: Say) -> dict[str, Any]:
     """Worker events/s with 0 and ``options.slow_clients`` slow readers, compare_pairs times each."""
     rates: dict[int, list[float | None]] = {0: [], options.slow_clients: []}
-    cut: list[dict[str, int]] = []
+    cut: list[dict[str, Any]] = []
     for _ in range(options.compare_pairs):
         for slow in (0, options.slow_clients):
             rate, slow_counts = _one(settings, options, slow, say)
@@ -46,7 +46,7 @@ def compare_throughput(settings: Settings, options: LiveOptions, say: Say) -> di
             "slow_readers": cut}
 
 
-def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple[float | None, dict[str, int]]:
+def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple[float | None, dict[str, Any]]:
     """One saturated run with ``slow`` slow readers; (worker events/s, what befell the readers)."""
     run = plan_live_run(settings, options)
     bench = BenchOptions(events=options.compare_events, employees=options.employees, batch_max=options.batch_max,
@@ -62,7 +62,8 @@ def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple
             readers.wait_ready()
         _load(run, bench, say)
         outcome = _run_worker(run, bench, say)
-        counts = slow_summary(readers.results(stop=True)) if readers else {}
+        counts: dict[str, Any] = slow_summary(readers.results(stop=True)) if readers else {}
+        counts["monitor_sse"] = monitor_sse(run)
     finally:
         if readers is not None:
             readers.close()

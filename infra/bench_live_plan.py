@@ -27,8 +27,8 @@ from schemas.punch import DEVICE_TIME_FORMAT, compute_event_id
 RESULT_KEYS = (
     "bench", "rate", "duration_s", "devices", "employees", "upload_interval_s", "clients", "slow_clients",
     "punches", "rate_achieved", "uploads_failed", "upload_lag_ms", "tap_to_sse_ms", "tap_to_postgres_ms", "stages_ms",
-    "postgres_rows", "missing_per_client", "duplicates", "clients_behind", "slow_readers",
-    "throughput", "settings", "machine", "versions", "run_id",
+    "postgres_rows", "missing_per_client", "duplicates", "clients_behind", "slow_readers", "monitor_sse",
+    "throughput", "cpu_pct", "settings", "machine", "versions", "run_id",
 )
 
 
@@ -216,6 +216,16 @@ def slow_summary(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return {"clients": len(slow), "cut_off": sum(1 for c in slow if c["behind"] or c["reconnects"]),
             "behind_notices": sum(c["behind"] for c in slow), "reconnects": sum(c["reconnects"] for c in slow),
             "bytes": sum(c["bytes"] for c in slow)}
+
+
+def sse_counters(metrics_text: str) -> dict[str, float]:
+    """The monitor's own ``tapstream_sse_*`` samples from its Prometheus /metrics text."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("tapstream_sse_"):
+            name, _, value = line.rpartition(" ")
+            out[name.removeprefix("tapstream_sse_")] = float(value)
+    return out
 
 
 def result_line(**fields: object) -> dict[str, object]:

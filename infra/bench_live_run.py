@@ -8,12 +8,15 @@ clashes with a running pipeline. ``Readers`` drives infra.bench_live_sse client 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -21,7 +24,8 @@ from typing import IO, Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from infra.bench_live_plan import LiveOptions, Tap
+from infra.bench_live_plan import LiveOptions, Tap, sse_counters
+from infra.bench_pull import proc_usage
 from infra.bench_run import BenchOptions, BenchRun, Say, plan_run
 from infra.harness import TapstreamProcess, free_port, wait_http
 from tapstream.errors import TapstreamError
@@ -95,6 +99,16 @@ def start_monitor(run: LiveRun, procs: list[TapstreamProcess]) -> TapstreamProce
     return monitor
 
 
+def monitor_sse(run: LiveRun) -> dict[str, float]:
+    """The monitor's SSE counters (clients, events sent, clients cut off as behind); {} if unread."""
+    try:
+        with urllib.request.urlopen(run.monitor_url + "/metrics", timeout=10) as response:
+            return sse_counters(response.read().decode())
+    except OSError as exc:
+        logger.warning("monitor /metrics: %s", exc)
+        return {}
+
+
 def write_plan(path: Path, taps: list[Tap]) -> None:
     path.write_text(json.dumps([[t.event_id, t.at] for t in taps]), encoding="utf-8")
 
@@ -157,6 +171,41 @@ class Readers:
                     child.wait()
         for log in self._logs:
             log.close()
+
+
+class CpuWindow:
+    """CPU used by named processes, and by the whole machine, between ``__init__`` and ``end``."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self._started = time.monotonic()
+        self._before = {name: _cpu(p) for name, p in pids.items()}
+        self._machine = _machine_jiffies()
+
+    def end(self) -> dict[str, float]:
+        """Percent of one core per name over the window, and ``machine_busy_pct`` of all cores."""
+        seconds = time.monotonic() - self._started
+        out = {f"{name}_pct": round(100 * (_cpu(p) - self._before[name]) / seconds, 1) for name, p in self.pids.items()}
+        busy0, total0 = self._machine
+        busy1, total1 = _machine_jiffies()
+        out["machine_busy_pct"] = round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
+        return out
+
+
+def _cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` (those still running)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += proc_usage(pid)[0]
+    return total
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _share(total: int, parts: int, i: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from infra.bench_live_plan import (
     RESULT_KEYS, STAGES, LiveOptions, Tap, check_plan, device_serials, histogram, merge, percentiles, result_line,
-    slow_summary, stage_latencies, tap_schedule, throughput_ratio, uploads,
+    slow_summary, sse_counters, stage_latencies, tap_schedule, throughput_ratio, uploads,
 )
 from infra.bench_live_run import _share, plan_live_run
 from infra.bench_live_sse import Plan, SseEvent, SseParser, Tally, _event_id
@@ -193,3 +193,10 @@ def test_slow_readers_are_summed_over_processes() -> None:
     results = [{"slow": [{"bytes": 10, "behind": 1, "reconnects": 2}, {"bytes": 5, "behind": 0, "reconnects": 0}]},
                {"slow": [{"bytes": 1, "behind": 0, "reconnects": 1}]}, {}]
     assert slow_summary(results) == {"clients": 3, "cut_off": 2, "behind_notices": 1, "reconnects": 3, "bytes": 16}
+
+
+def test_the_monitors_sse_counters_are_read_from_its_metrics_text() -> None:
+    text = ("# HELP tapstream_sse_clients SSE clients connected to /events\n# TYPE tapstream_sse_clients gauge\n"
+            "tapstream_sse_clients 1.0\ntapstream_sse_clients_behind_total 3.0\n"
+            "tapstream_sse_clients_behind_created 1.7e9\ntapstream_monitor_events_in_total{topic=\"live\"} 5.0\n")
+    assert sse_counters(text) == {"clients": 1.0, "clients_behind_total": 3.0, "clients_behind_created": 1.7e9}
