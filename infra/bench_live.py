@@ -39,7 +39,7 @@ from infra.bench_live_plan import (
     uploads,
 )
 from infra.bench_live_run import (
-    CpuWindow, LiveRun, Readers, drop_groups, monitor_sse, plan_live_run, start_monitor, write_plan,
+    CpuWindow, LiveRun, Readers, monitor_sse, plan_live_run, start_monitor, write_plan,
 )
 from infra.bench_live_sse import SseParser
 from infra.bench_run import Say, check_services, cleanup, prepare
@@ -76,7 +76,6 @@ def run_live_bench(settings: Settings, options: LiveOptions, say: Say) -> dict[s
     finally:
         if not options.keep:
             cleanup(run, say)
-            drop_groups(run, say)
     throughput = None
     if options.slow_clients and options.compare_events:
         throughput = compare_throughput(settings, options, say)

@@ -17,7 +17,7 @@ from typing import Any
 from infra.bench import _load, _run_worker  # the pipeline bench's own steps, reused as they are
 from infra.bench_events import worker_rate
 from infra.bench_live_plan import LiveOptions, slow_summary, throughput_ratio
-from infra.bench_live_run import Readers, drop_groups, monitor_sse, plan_live_run, start_monitor
+from infra.bench_live_run import Readers, monitor_sse, plan_live_run, start_monitor
 from infra.bench_run import BenchOptions, Say, cleanup, prepare
 from infra.harness import TapstreamProcess
 from tapstream.settings import Settings
@@ -71,7 +71,6 @@ def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple
             proc.stop()
         if not options.keep:
             cleanup(run, say)
-            drop_groups(run, say)
     rate = worker_rate(outcome.stats, options.compare_events)
     say(f"  ... {rate} events/s")
     return (float(rate) if rate is not None else None), counts

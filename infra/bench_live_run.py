@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from infra.bench_live_plan import LiveOptions, Tap, sse_counters
 from infra.bench_pull import proc_usage
-from infra.bench_run import BenchOptions, BenchRun, Say, plan_run
+from infra.bench_run import BenchOptions, BenchRun, plan_run
 from infra.harness import TapstreamProcess, free_port, wait_http
 from tapstream.errors import TapstreamError
 from tapstream.settings import ENV_PREFIX, Settings
@@ -44,20 +42,11 @@ class LiveRun(BenchRun):
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
-    def topic_names(self) -> list[str]:
-        t = self.settings.topics
-        return [*super().topic_names(), t.live, t.alerts]
-
     def worker_env(self, base: dict[str, str]) -> dict[str, str]:
         s, p = self.settings, ENV_PREFIX
         env = super().worker_env(base)
         env.update({
-            f"{p}TOPICS__LIVE": s.topics.live,
-            f"{p}TOPICS__ALERTS": s.topics.alerts,
             f"{p}WORKER__BATCH_WITHIN_S": str(s.worker.batch_within_s),
-            # Off (0): a bench process must not fight a running pipeline for its ports.
-            f"{p}METRICS__WORKER_PORT": "0",
-            f"{p}METRICS__PULL_PORT": "0",
             f"{p}MONITOR__HOST": "127.0.0.1",
             f"{p}MONITOR__PORT": str(self.monitor_port),
         })
@@ -65,29 +54,13 @@ class LiveRun(BenchRun):
 
 
 def plan_live_run(settings: Settings, options: LiveOptions, run_id: str | None = None) -> LiveRun:
-    """infra.bench_run.plan_run plus the live topics, batch settings and a free monitor port."""
+    """infra.bench_run.plan_run plus the batch settings and a free monitor port."""
     base = plan_run(settings, BenchOptions(events=0, batch_max=options.batch_max), run_id)
-    suffix = f"bench-{base.run_id}"
-    t, w = base.settings.topics, base.settings.worker
-    topics = t.model_copy(update={"live": f"{settings.topics.live}.{suffix}",
-                                  "alerts": f"{settings.topics.alerts}.{suffix}"})
+    w = base.settings.worker
     if options.batch_within_s is not None:
         w = w.model_copy(update={"batch_within_s": options.batch_within_s})
-    isolated = base.settings.model_copy(update={"topics": topics, "worker": w})
+    isolated = base.settings.model_copy(update={"worker": w})
     return LiveRun(base.run_id, isolated, base.schema, base.base_dsn, free_port())
-
-
-def drop_groups(run: LiveRun, say: Say) -> None:
-    """Remove the consumer groups named after the run's app id that infra.bench_run.cleanup leaves
-    (the worker's ledger group ``<app id>-ledger``)."""
-    admin = AdminClient({"bootstrap.servers": run.settings.kafka.bootstrap, "log_level": 3})
-    try:
-        groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=15).result().valid]
-        mine = [g for g in groups if g.startswith(f"{run.settings.worker.app_id}-")]
-        for future in admin.delete_consumer_groups(mine, request_timeout=15).values() if mine else ():
-            future.exception(timeout=20)
-    except KafkaException as exc:
-        say(f"  cleanup: Kafka groups: {exc}")
 
 
 def start_monitor(run: LiveRun, procs: list[TapstreamProcess]) -> TapstreamProcess:

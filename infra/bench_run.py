@@ -76,7 +76,7 @@ class BenchRun:
 
     def topic_names(self) -> list[str]:
         t = self.settings.topics
-        return [t.raw, t.unmatched, t.dlq, t.employees, t.device_status]
+        return [t.raw, t.unmatched, t.dlq, t.employees, t.device_status, t.live, t.alerts]
 
     def worker_env(self, base: dict[str, str]) -> dict[str, str]:
         """``base`` plus the TAPSTREAM_* variables that point a worker at this run only."""
@@ -90,6 +90,8 @@ class BenchRun:
             f"{p}TOPICS__DLQ": s.topics.dlq,
             f"{p}TOPICS__EMPLOYEES": s.topics.employees,
             f"{p}TOPICS__DEVICE_STATUS": s.topics.device_status,
+            f"{p}TOPICS__LIVE": s.topics.live,
+            f"{p}TOPICS__ALERTS": s.topics.alerts,
             f"{p}WORKER__APP_ID": s.worker.app_id,
             f"{p}WORKER__BATCH_MAX": str(s.worker.batch_max),
             f"{p}POSTGRES__DSN": self.dsn,
@@ -109,7 +111,8 @@ def plan_run(settings: Settings, options: BenchOptions, run_id: str | None = Non
     topics = t.model_copy(update={
         "raw": f"{t.raw}.{suffix}", "unmatched": f"{t.unmatched}.{suffix}",
         "dlq": f"{t.dlq}.{suffix}", "employees": f"{t.employees}.{suffix}",
-        "device_status": f"{t.device_status}.{suffix}",
+        "device_status": f"{t.device_status}.{suffix}", "live": f"{t.live}.{suffix}",
+        "alerts": f"{t.alerts}.{suffix}",
     })
     worker = settings.worker.model_copy(update={
         "app_id": f"tapstream-{suffix}",
@@ -211,7 +214,10 @@ def cleanup(run: BenchRun, say: Say) -> None:
         mine = [n for n in existing if n in run.topic_names() or n.startswith(f"{s.worker.app_id}-")]
         for future in admin.delete_topics(mine, operation_timeout=30).values() if mine else ():
             future.exception(timeout=40)
-        for future in admin.delete_consumer_groups([s.worker.app_id], request_timeout=15).values():
+        # the worker's group and those named after it (its ledger's `<app id>-ledger`)
+        groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=15).result().valid]
+        mine_groups = [g for g in groups if g == s.worker.app_id or g.startswith(f"{s.worker.app_id}-")]
+        for future in admin.delete_consumer_groups(mine_groups, request_timeout=15).values() if mine_groups else ():
             future.exception(timeout=20)
     except KafkaException as exc:
         say(f"  cleanup: Kafka: {exc}")

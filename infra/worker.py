@@ -104,7 +104,7 @@ def _exit_when_idle(app: faust.App, stats: WorkerStats, idle_s: float) -> None:
 def wait_for_topics(settings: Settings, backoff: Backoff) -> None:
     """Wait (with backoff) until the broker answers; fail clearly if a topic the worker needs is missing."""
     t = settings.topics
-    needed = [t.raw, t.unmatched, t.dlq, t.employees]
+    needed = [t.raw, t.unmatched, t.dlq, t.employees, t.live]
     delay = backoff.initial_s
     # librdkafka prints every refused connection at level 3; our own warning says it once a try.
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap, "log_level": 2})

@@ -116,8 +116,14 @@ class Tail:
             consumer.close()
 
     def _poll(self, consumer: Consumer) -> list[Decoded]:
-        out = []
-        for msg in consumer.consume(BATCH, POLL_S):
+        out: list[Decoded] = []
+        # consume(n, timeout) waits for n messages or the timeout: at a few hundred punches a
+        # second that is always the timeout, 200 ms added to every delivery. Wait for the first
+        # message only, then take what has already arrived.
+        first = consumer.poll(POLL_S)
+        if first is None:
+            return out
+        for msg in [first, *consumer.consume(BATCH - 1, 0)]:
             error = msg.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:  # noqa: SLF001 — librdkafka's own name

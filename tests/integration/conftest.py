@@ -235,6 +235,8 @@ def make_pipeline(
             employees=fresh_topic(1, {"cleanup.policy": "compact"}, prefix="e2e.employees"),
             device_status=fresh_topic(1, {"cleanup.policy": "compact"}, prefix="e2e.status"),
             raw_partitions=raw_partitions,
+            live=fresh_topic(1, prefix="e2e.live"),
+            alerts=fresh_topic(1, prefix="e2e.alerts"),
             app_id=f"e2e-{uuid.uuid4().hex[:12]}",
             dsn=dsn,
             state_dir=tmp_path / "state",

@@ -66,6 +66,8 @@ class Pipeline:
     employees: str
     device_status: str
     raw_partitions: int
+    live: str
+    alerts: str
     app_id: str
     dsn: str
     state_dir: Path
@@ -85,6 +87,8 @@ class Pipeline:
             "TAPSTREAM_TOPICS__DLQ": self.dlq,
             "TAPSTREAM_TOPICS__EMPLOYEES": self.employees,
             "TAPSTREAM_TOPICS__DEVICE_STATUS": self.device_status,
+            "TAPSTREAM_TOPICS__LIVE": self.live,
+            "TAPSTREAM_TOPICS__ALERTS": self.alerts,
             "TAPSTREAM_TOPICS__RAW_PARTITIONS": str(self.raw_partitions),
             "TAPSTREAM_POSTGRES__DSN": self.dsn,
             "TAPSTREAM_WORKER__APP_ID": self.app_id,

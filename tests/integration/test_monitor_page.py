@@ -83,13 +83,11 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-def start_pipeline(make_pipeline: Callable[..., Pipeline], fresh_topic: Callable[..., str],
-                   dsn: str, pull_port: int) -> tuple[Pipeline, list[TapstreamProcess], str]:
+def start_pipeline(make_pipeline: Callable[..., Pipeline], dsn: str, pull_port: int) -> tuple[Pipeline, list[TapstreamProcess], str]:
     """Worker, push endpoint and pull producer on fresh topics; (pipeline, processes, push URL)."""
-    live = {"TAPSTREAM_TOPICS__LIVE": fresh_topic(1, prefix="e2e.live"),
-            "TAPSTREAM_TOPICS__ALERTS": fresh_topic(1, prefix="e2e.alerts")}
+    # make_pipeline gives fresh live and alerts topics too
     fast_alerts = {"TAPSTREAM_ALERTS__INTERVAL_S": "1"}
-    pipeline = make_pipeline(dsn, raw_partitions=1, **live, **FAST_WORKER, **fast_alerts)
+    pipeline = make_pipeline(dsn, raw_partitions=1, **FAST_WORKER, **fast_alerts)
     with psycopg.connect(dsn) as conn:
         add_device(conn, serial=PULL, kind="pull", timezone="Asia/Dhaka", name="Canteen", site="Plant",
                    address="127.0.0.1", port=pull_port)
@@ -208,12 +206,12 @@ def check_site_filter(browser: WebDriver, fleet: ThreadedFleet, push_url: str, m
 
 
 def test_monitor_page_shows_the_stored_punches_and_new_ones_live(
-    make_pipeline: Callable[..., Pipeline], fresh_topic: Callable[..., str], pg_schema: PgSchema,
+    make_pipeline: Callable[..., Pipeline], pg_schema: PgSchema,
     browser: WebDriver,
 ) -> None:
     slow_clock = DeviceConfig(PULL, users=len(KNOWN), verify_mode=15, timezone="Asia/Dhaka", clock_offset_s=-300)
     with ThreadedFleet([slow_clock]) as fleet:
-        pipeline, processes, push_url = start_pipeline(make_pipeline, fresh_topic, pg_schema.dsn, fleet.port(PULL))
+        pipeline, processes, push_url = start_pipeline(make_pipeline, pg_schema.dsn, fleet.port(PULL))
         monitor, monitor_url = start_monitor(pipeline)
         watched = [*processes, monitor]
         before = {pull_punch(fleet, code): PULL for code in KNOWN}

@@ -17,10 +17,11 @@ from infra.bench_events import (
     worker_counts, worker_rate, worker_span,
 )
 from infra.bench_profile import threads_path
+from infra.topics import topic_specs
 from schemas.codec import decode
 from schemas.punch import RawPunch
 from streams.logic import Incoming, implausible, plan_batch
-from tapstream.settings import Settings, ValidationSettings
+from tapstream.settings import Settings, TopicSettings, ValidationSettings
 
 
 def punches(events: int, devices: int = 4, employees: int = 50, seed: int = 7) -> list[RawPunch]:
@@ -224,7 +225,8 @@ def test_a_run_is_isolated_by_name(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, _env_file=None)
     run = plan_run(settings, BenchOptions(events=10, batch_max=1000), run_id="20260101000000-abc123")
     assert run.settings.topics.raw == "attendance.raw.bench-20260101000000-abc123"
-    assert len(set(run.topic_names())) == 5 and all(n.endswith("bench-20260101000000-abc123") for n in run.topic_names())
+    # every topic Tapstream has (the live feed and alerts included) gets the run's own copy
+    assert len(set(run.topic_names())) == len(topic_specs(TopicSettings())) and all(n.endswith("bench-20260101000000-abc123") for n in run.topic_names())
     assert run.settings.worker.app_id == "tapstream-bench-20260101000000-abc123"
     assert run.settings.worker.batch_max == 1000
     assert run.folder == tmp_path / "bench" / "20260101000000-abc123"
