@@ -1,7 +1,8 @@
 """`tapstream demo`: the whole pipeline on the embedded default, checked against expectations.
 
-Brings the stack up, registers three push devices, imports an HR list, starts the worker and
-the ADMS endpoint as real processes, plays a simulated morning (infra.simulate), then serves two
+Brings the stack up, registers three push devices, imports an HR list, starts the worker, the
+live monitor (an SSE client counts what it shows: infra.demo_live) and the ADMS endpoint as
+real processes, plays a simulated morning (infra.simulate), then serves two
 emulated pull terminals to `tapstream pull` (infra.demo_pull), has HR enrol the unknown badges
 (their parked punches are then recorded by the worker itself), waits until everything is
 carried through, then reads every store and compares with what the scenario and the terminals
@@ -20,6 +21,7 @@ from typing import Any
 import psycopg
 
 from infra import stack
+from infra.demo_live import LiveWatcher
 from infra.demo_pull import play_pull
 from infra.employee_sync import sync_employees
 from infra.employees import import_employees
@@ -55,6 +57,7 @@ class Observed:
     clickhouse: int
     pull_postgres: int
     pull_clickhouse: int
+    live: int = 0
 
 
 def run_demo(settings: Settings, say: Any = print) -> bool:
@@ -74,20 +77,26 @@ def run_demo(settings: Settings, say: Any = print) -> bool:
         # Leftovers of an interrupted run are carried through first, so they do not count here.
         _wait_caught_up(settings, worker, 120)
         offsets, baseline, since = _topic_ends(settings), worker_stats(stats_file, worker.pid), datetime.now(UTC)
-        with TapstreamProcess(["push", "--host", "127.0.0.1", "--port", str(port)], logs / "push.log"):
-            base = f"http://127.0.0.1:{port}"
-            wait_http(base + "/healthz", 60)
-            say(f"push endpoint {base}: playing the morning of {day} from {len(DEVICES)} devices")
-            replies = post_scenario(base, scenario)
-            wait_drained(base, 60)
-        final = wait_worker(stats_file, worker, baseline.get("consumed", 0) + scenario.expected.raw_messages, 120)
-        after_push = _topic_ends(settings)
-        pulled = play_pull(settings, logs, say)
-        wait_worker(stats_file, worker, final.get("consumed", 0) + len(pulled.event_ids), 120)
-        enrolled = _enrol_late(settings, worker, since, scenario.expected.unmatched, say)
+        with LiveWatcher(logs) as live:
+            say(f"live monitor {live.url}/ (SSE {live.url}/events): counting the punches it shows")
+            with TapstreamProcess(["push", "--host", "127.0.0.1", "--port", str(port)], logs / "push.log"):
+                base = f"http://127.0.0.1:{port}"
+                wait_http(base + "/healthz", 60)
+                say(f"push endpoint {base}: playing the morning of {day} from {len(DEVICES)} devices")
+                replies = post_scenario(base, scenario)
+                wait_drained(base, 60)
+            final = wait_worker(stats_file, worker, baseline.get("consumed", 0) + scenario.expected.raw_messages, 120)
+            after_push = _topic_ends(settings)
+            pulled = play_pull(settings, logs, say)
+            wait_worker(stats_file, worker, final.get("consumed", 0) + len(pulled.event_ids), 120)
+            enrolled = _enrol_late(settings, worker, since, scenario.expected.unmatched, say)
+            shown = live.wait_for(scenario.expected.unique_punches + len(pulled.event_ids), 30)
+            if live.error:
+                say(f"live monitor: {live.error} (see {logs / 'monitor.log'})")
     _forget_late(settings)  # so the next run parks them again
     # After the worker has stopped: the embedded ClickHouse store is free to open.
     observed = _observe(settings, offsets, after_push, baseline, final, since, replies, pulled.serials)
+    observed.live = shown
     ok = _report(scenario.expected, len(pulled.event_ids), observed, enrolled, day, say)
     _presence(settings, day, say)
     return ok
@@ -228,6 +237,8 @@ def _report(exp: Expected, pulled: int, obs: Observed, enrolled: int, day: date,
         ("ClickHouse attendance_events FINAL (new rows)", exp.unique_punches, obs.clickhouse),
         ("pull devices: punches recorded -> PostgreSQL rows", pulled, obs.pull_postgres),
         ("pull devices: punches recorded -> ClickHouse FINAL", pulled, obs.pull_clickhouse),
+        # every recorded punch, push and pull, reaches a browser watching the monitor
+        ("punches shown live on the monitor's /events (SSE)", exp.unique_punches + pulled, obs.live),
     ]
     say(f"\nTapstream demo - the morning of {day}")
     say(f"{'':52} {'expected':>9} {'observed':>9}")
