@@ -5,7 +5,8 @@ Wiring, and why it is this way (see shared/reference/stack-notes.md §2):
 * one agent on ``attendance.raw`` with concurrency 1 (concurrency > 1 can commit past an
   in-flight event), iterating a ``noack()`` stream: events are buffered by ``Batcher`` and
   acked only after every sink holds the batch, so a crash, a stop or a sink outage never
-  commits an offset whose punch is not stored;
+  commits an offset whose punch is not stored; a task flushes as soon as the previous flush
+  is done (group commit), so a live punch waits for no timer and batches grow with the load;
 * ``dedup``: a tumbling windowed table of recently seen event ids, relative to wall-clock
   time, so memory stays bounded (old windows expire) — an optimisation only: the sinks are
   idempotent and remain the authority;
@@ -114,9 +115,9 @@ def build_app(
         async for event in manual.events():
             await batcher.add(event)
 
-    @app.timer(interval=worker.batch_within_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
-    async def flush_due() -> None:
-        await batcher.flush_if_due()
+    @app.task  # type: ignore[untyped-decorator]  # faust's task decorator is untyped
+    async def flush_when_idle() -> None:
+        await batcher.run()
 
     if parked is not None:
         _wire_rematch(app, settings, Rematcher(

@@ -44,7 +44,7 @@ REASON_HEADER = "tapstream-reason"
 
 
 class Batcher:
-    """Collects events from the agent; flushes on size (add) or age (flush_if_due).
+    """Collects events from the agent (add); run() flushes them as soon as the last flush is done.
 
     ``live_topic``: where stored punches are published for the monitor; None = no live feed.
     """
@@ -80,7 +80,8 @@ class Batcher:
         self.rules = rules
         self.live_topic = live_topic
         self._buffer: list[Any] = []
-        self._oldest = 0.0
+        self._arrived = asyncio.Event()  # set by add: something to flush
+        self._taken = asyncio.Event()  # set by flush: the buffer has room again
         self._lock = asyncio.Lock()
         self._stream: Any = None
         self._by_position: dict[tuple[int, int], Any] = {}
@@ -92,20 +93,34 @@ class Batcher:
         self._stream = stream
 
     async def add(self, event: Any) -> None:
-        if not self._buffer:
-            self._oldest = time.monotonic()
         self._buffer.append(event)
+        self._arrived.set()
         self.stats.note_consumed()
-        if len(self._buffer) >= self.batch_max:
-            await self.flush()
+        while len(self._buffer) >= self.batch_max:
+            # A full buffer: the agent stops reading until run() takes it (backpressure). It
+            # does not flush it itself, which would leave run() a sliver to flush after it.
+            self._taken.clear()
+            await self._taken.wait()
 
-    async def flush_if_due(self) -> None:
-        if self._buffer and time.monotonic() - self._oldest >= self.batch_within_s:
+    async def run(self) -> None:
+        """Flush whenever something is buffered and no flush is running (group commit).
+
+        An idle worker flushes a punch ``batch_within_s`` after it arrives, so a live punch
+        does not wait for a timer; under load each batch is what arrived during the previous
+        flush (up to ``batch_max``), so batches grow with the rate and throughput holds.
+        """
+        while True:
+            if not self._buffer:
+                self._arrived.clear()
+                await self._arrived.wait()
+                if self.batch_within_s > 0:
+                    await asyncio.sleep(self.batch_within_s)  # let a burst's neighbours join it
             await self.flush()
 
     async def flush(self) -> None:
         async with self._lock:
             events, self._buffer = self._buffer, []
+            self._taken.set()
             if not events:
                 return
             try:
@@ -124,21 +139,27 @@ class Batcher:
         if self.ready is not None and not self.ready.ready:
             logger.info("waiting for the employee map to load before enriching")
             await self.ready.wait()
-        started = time.monotonic()
+        marks = [time.monotonic()]  # the end of each stage, for the log line
         # The Faust event behind each message: tables must be read and written "as" that event.
         self._by_position = {(e.message.partition, e.message.offset): e for e in events}
         plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of, self.rules)
+        marks.append(time.monotonic())
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
+        marks.append(time.monotonic())
         recorded = stored(plan.to_write, outcomes)
         await self._publish([*self._parked(plan, outcomes), *self._live(recorded)])
+        marks.append(time.monotonic())
         self._remember(recorded)
         for event in events:
             await self._stream.ack(event)
         self.stats.note_batch(plan, outcomes, self._sink_names)
+        marks.append(time.monotonic())
+        stages = [(b - a) * 1000 for a, b in zip(marks, marks[1:])]
         logger.info(
-            "batch of %d: %d written, %d duplicates, %d unmatched, %d quarantined in %.0f ms",
+            "batch of %d: %d written, %d duplicates, %d unmatched, %d quarantined in %.0f ms"
+            " (plan %.0f, sinks %.0f, sends %.0f, dedup+ack %.0f)",
             len(events), len(plan.to_write), plan.duplicates, len(plan.unmatched),
-            len(plan.quarantined), (time.monotonic() - started) * 1000,
+            len(plan.quarantined), sum(stages), *stages,
         )
 
     def _already_seen(self, msg: Incoming, event_id: uuid.UUID) -> bool:

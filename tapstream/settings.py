@@ -167,7 +167,10 @@ class WorkerSettings(BaseModel):
 
     app_id: str = Field("tapstream-worker", description="Faust app id = Kafka consumer group")
     batch_max: int = Field(5000, description="events per sink batch at most")
-    batch_within_s: float = Field(1.0, description="longest wait to fill a batch, seconds")
+    batch_within_s: float = Field(
+        0.005, description="an idle worker waits this long for more events before it flushes, seconds "
+        "(under load a batch is what arrived during the previous flush, up to batch_max)"
+    )
     dedup_window_s: int = Field(6 * 3600, description="stream-side dedup memory, seconds")
     store: str = Field("rocksdb://", description="Faust table store (memory:// or rocksdb://)")
     web_port: int = Field(6066, description="Faust's web port (health, tables)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,3 +161,80 @@ def test_without_a_live_topic_nothing_is_published_for_stored_rows() -> None:
     kafka, stream = run_batch([enriched(0, user_code="1").punch], employees, bad=set(), live=None)
     assert kafka.sent == []
     assert stream.acked == [0]
+
+
+class SlowSink:
+    """Takes 50 ms per batch and records each batch's size."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def write_batch(self, batch: Sequence[EnrichedPunch]) -> WriteResult:
+        time.sleep(0.05)
+        self.sizes.append(len(batch))
+        return WriteResult(len(batch), len(batch))
+
+    def close(self) -> None:
+        pass
+
+
+def slow_batcher(batch_max: int, batch_within_s: float) -> tuple[Batcher, SinkRunner, SlowSink, Stream]:
+    """A batcher over one SlowSink, with a live topic; the caller stops the runner."""
+    kafka, sink = Kafka(), SlowSink()
+    stream = Stream(kafka)
+    runner = SinkRunner(sink, Backoff(0.001, 0.002))
+    batcher = Batcher(
+        sinks=[runner], dedup=Dedup(), employees=table(EmployeeRecord(attendance_code="1", employee_id="E-1")),
+        send=kafka.send, unmatched_topic=UNMATCHED, dlq_topic=DLQ, batch_max=batch_max,
+        batch_within_s=batch_within_s, dedup_window_s=3600, stats=WorkerStats(), live_topic=LIVE,
+    )
+    batcher.bind(stream)
+    return batcher, runner, sink, stream
+
+
+def test_an_idle_worker_flushes_at_once_and_a_busy_one_batches_what_arrived_meanwhile() -> None:
+    punches = [enriched(n, user_code="1").punch for n in range(10)]
+    batcher, runner, sink, stream = slow_batcher(batch_max=1000, batch_within_s=0.001)
+
+    async def go() -> float:
+        task = asyncio.create_task(batcher.run())
+        started = time.monotonic()
+        await batcher.add(Event(0, punches[0]))
+        await asyncio.sleep(0.02)  # the first flush is under way (its sink write takes 50 ms)
+        for offset in range(1, 10):
+            await batcher.add(Event(offset, punches[offset]))
+        while len(stream.acked) < 10:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        return time.monotonic() - started
+
+    try:
+        elapsed = asyncio.run(go())
+    finally:
+        runner.stop()
+    assert sink.sizes == [1, 9]  # no timer: the first went alone, the rest joined the next flush
+    assert stream.acked == list(range(10)) and set(stream.pending_at_ack) == {0}
+    assert elapsed < 0.5
+
+
+def test_a_full_buffer_holds_the_agent_until_the_flusher_takes_it() -> None:
+    punches = [enriched(n, user_code="1").punch for n in range(7)]
+    batcher, runner, sink, stream = slow_batcher(batch_max=3, batch_within_s=0)
+
+    async def go() -> None:
+        task = asyncio.create_task(batcher.run())
+        for offset, punch in enumerate(punches):
+            await batcher.add(Event(offset, punch))
+            assert len(batcher._buffer) < 3  # never more than batch_max waiting
+        while len(stream.acked) < 7:
+            await asyncio.sleep(0.005)
+        task.cancel()
+
+    try:
+        asyncio.run(go())
+    finally:
+        runner.stop()
+    assert sum(sink.sizes) == 7 and max(sink.sizes) <= 3
+    assert stream.acked == list(range(7))
