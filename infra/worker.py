@@ -236,6 +236,7 @@ def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> Non
             ledger.start()
         worker.execute_from_commandline()
     finally:
+        app.tapstream_sender.close()  # type: ignore[attr-defined]  # set by build_app
         if ledger is not None:
             ledger.stop()
         reports.close()  # before the sinks: its queries run on the ClickHouse sink's thread

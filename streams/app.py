@@ -34,6 +34,7 @@ from streams.catchup import CatchUp, start_positions
 from streams.employees import apply_employee_change, employee_from_table
 from streams.delivery import SinkRunner
 from streams.rematch import Rematcher
+from streams.sender import KafkaSender
 from streams.stats import WorkerStats
 from tapstream.settings import Settings
 
@@ -88,11 +89,9 @@ def build_app(
         settings.topics.employees, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     employees_loaded = CatchUp(start_positions(settings.kafka.bootstrap, worker.app_id, settings.topics.employees))
-    topics = {name: app.topic(name, key_serializer="raw", value_serializer="raw")
-              for name in (settings.topics.unmatched, settings.topics.dlq, settings.topics.raw, settings.topics.live)}
-
-    async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
-        return await topics[topic].send(key=key, value=value, headers=headers)
+    # live, parked, dead-letter and re-matched records: librdkafka, not Faust's producer (streams.sender)
+    sender = KafkaSender(settings.kafka.bootstrap)
+    send = sender.send
 
     batcher = Batcher(
         sinks=sinks, dedup=dedup, employees=employees, send=send,
@@ -125,6 +124,7 @@ def build_app(
         ), employees_loaded)
 
     app.tapstream_batcher = batcher  # type: ignore[attr-defined]  # reached by tests and the runner
+    app.tapstream_sender = sender  # type: ignore[attr-defined]  # closed by the runner after the app stops
     return app
 
 
