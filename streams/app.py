@@ -27,6 +27,7 @@ from datetime import timedelta
 from typing import Any
 
 import faust
+from faust.transport.producer import ProducerBuffer
 
 from sinks.postgres import ConnectionSource
 from streams.batcher import Batcher
@@ -74,6 +75,11 @@ def build_app(
         table_cleanup_interval=min(60.0, worker.dedup_window_s / 4),
         logging_config=None,
     )
+    # Faust's producer buffer holds table changelog records; past ``max_messages`` (100) the
+    # conductor stops reading the raw topic until the buffer drains, one record at a time. With a
+    # dedup mark per stored punch, every batch over 100 froze the stream for up to a second
+    # (docs/benchmarks.md, "The worker's sends through librdkafka"). A batch's marks may wait.
+    ProducerBuffer.max_messages = max(ProducerBuffer.max_messages, 2 * worker.batch_max)
     raw = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
     window = float(worker.dedup_window_s)
     dedup = (
