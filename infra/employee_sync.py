@@ -18,9 +18,9 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from infra.employees import publish_employees
-from schemas.codec import decode
+from schemas.codec import decode_or_none
 from schemas.employee import EmployeeRecord
-from tapstream.errors import ContractError, TapstreamError
+from tapstream.errors import TapstreamError
 
 logger = logging.getLogger(__name__)
 
@@ -87,21 +87,11 @@ def _consume_until(consumer: Consumer, ends: dict[int, int], timeout_s: float) -
         if msg.error():
             continue
         key = (msg.key() or b"").decode("utf-8", "replace")
-        latest[key] = _record(key, msg.value())
+        latest[key] = decode_or_none(EmployeeRecord, msg.value(), f"employees topic: record for {key!r} (will be replaced)")
         partition, offset = msg.partition(), msg.offset()
         if partition is not None and offset is not None and offset + 1 >= ends[partition]:
             done.add(partition)
     return latest
-
-
-def _record(code: str, value: bytes | None) -> EmployeeRecord | None:
-    if value is None:
-        return None
-    try:
-        return decode(EmployeeRecord, value)
-    except ContractError as exc:
-        logger.warning("employees topic: unreadable record for %r (will be replaced): %s", code, exc)
-        return None
 
 
 def publish_tombstones(bootstrap: str, topic: str, codes: list[str], timeout_s: float = 30.0) -> int:

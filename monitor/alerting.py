@@ -21,15 +21,14 @@ from typing import TypeVar
 
 import aiohttp
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from pydantic import BaseModel
 
 from infra.pipeline_probes import collect_status
 from infra.pipeline_status import PipelineStatus
 from monitor.alerts import AlertEngine, Evaluation, alert_line, evaluate
 from schemas.alert import Alert, AlertState
-from schemas.codec import decode, encode
+from schemas.codec import decode_or_none, encode
 from schemas.device_status import DeviceStatus
-from tapstream.errors import ContractError, TapstreamError, first_line
+from tapstream.errors import TapstreamError, first_line
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,7 +36,6 @@ logger = logging.getLogger(__name__)
 READ_TIMEOUT_S = 10.0  # a topic read to its end gives up after this long (Kafka away)
 DELIVERY_TIMEOUT_S = 5.0  # an alert not delivered by then is kept for the next round
 WEBHOOK_BACKOFF_S = 1.0  # first pause between webhook attempts, doubled each time
-M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 DeviceStatuses = Callable[[], Mapping[str, DeviceStatus]]
@@ -102,16 +100,6 @@ class TopicTail:
         return out
 
 
-def _decoded(model: type[M], topic: str, value: bytes | None) -> M | None:
-    if value is None:
-        return None
-    try:
-        return decode(model, value)
-    except ContractError as exc:
-        logger.warning("%s: skipping an unreadable record: %s", topic, exc)
-        return None
-
-
 class LatestStatuses:
     """The latest DeviceStatus per serial of the compacted device-status topic, kept current."""
 
@@ -123,7 +111,7 @@ class LatestStatuses:
     def __call__(self) -> dict[str, DeviceStatus]:
         for key, value in self._tail.read_new():
             serial = (key or b"").decode("utf-8", "replace")
-            status = _decoded(DeviceStatus, self._topic, value)
+            status = decode_or_none(DeviceStatus, value, self._topic)
             if status is None:  # a tombstone: the device is gone
                 self._latest.pop(serial, None)
             else:
@@ -138,7 +126,7 @@ def read_alerts(bootstrap: str, topic: str) -> list[Alert]:
     """Every alert on the topic, oldest first."""
     tail = TopicTail(bootstrap, topic)
     try:
-        return [a for _, value in tail.read_new() if (a := _decoded(Alert, topic, value)) is not None]
+        return [a for _, value in tail.read_new() if (a := decode_or_none(Alert, value, topic)) is not None]
     finally:
         tail.close()
 

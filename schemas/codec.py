@@ -9,6 +9,7 @@ changes, bump its version, add the upgrade here, and freeze an example of the ol
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,8 @@ from schemas.live import LivePunch
 from schemas.punch import RawPunch
 from schemas.quarantine import QuarantineRecord, Reason
 from tapstream.errors import ContractError
+
+logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
@@ -76,6 +79,18 @@ def decode(model: type[M], data: bytes) -> M:
             return model.model_validate(upgraded)
         except ValidationError as exc:
             raise ContractError(Reason.UNDECODABLE_EVENT, _summary(exc)) from exc
+
+
+def decode_or_none(model: type[M], data: bytes | None, where: str) -> M | None:
+    """Decode ``data``; None for a tombstone, and for a record that is not ``model`` (logged
+    with ``where``, e.g. the topic and offset, so a bad record is skipped with a trace)."""
+    if data is None:
+        return None
+    try:
+        return decode(model, data)
+    except ContractError as exc:
+        logger.warning("%s: skipped a record that is not a %s: %s", where, model.__name__, exc)
+        return None
 
 
 def _upgrade(model: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
