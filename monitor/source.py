@@ -23,10 +23,10 @@ from pydantic import BaseModel
 from monitor.feed import Decoded
 from monitor.ring import ALERTS, CODES, LIVE, STATUS, Cursor
 from schemas.alert import Alert
-from schemas.codec import decode
+from schemas.codec import decode_or_none
 from schemas.device_status import DeviceStatus
 from schemas.live import LivePunch
-from tapstream.errors import ContractError, StackError, first_line
+from tapstream.errors import StackError, first_line
 from tapstream.settings import TopicSettings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ MODELS: dict[str, type[BaseModel]] = {LIVE: LivePunch, STATUS: DeviceStatus, ALE
 POLL_S = 0.2
 BATCH = 500
 SPAN_TIMEOUT_S = 15.0
+RETRY_S = 1.0
 
 
 def topic_names(topics: TopicSettings) -> dict[str, str]:
@@ -51,16 +52,9 @@ def _consumer(bootstrap: str) -> Consumer:
 
 
 def decoded(code: str, msg: Message) -> Decoded:
-    """A message as the feed takes it; a value that is not the topic's contract decodes to None."""
+    """A message as the feed takes it; a tombstone or a value that is not the topic's contract is None."""
     offset = _offset(msg)
-    value = msg.value()
-    if value is None:
-        return code, offset, None  # a compaction tombstone
-    try:
-        return code, offset, decode(MODELS[code], value)
-    except ContractError as exc:
-        logger.warning("%s offset %d is not a %s, skipped: %s", msg.topic(), offset, MODELS[code].__name__, exc)
-        return code, offset, None
+    return code, offset, decode_or_none(MODELS[code], msg.value(), f"{msg.topic()} offset {offset}")
 
 
 def _offset(msg: Message) -> int:
@@ -109,7 +103,12 @@ class Tail:
         logger.info("monitor reading %s from %s", ", ".join(self._names.values()), self._start.id())
         try:
             while not self._stop.is_set():
-                batch = self._poll(consumer)
+                try:
+                    batch = self._poll(consumer)
+                except Exception:  # noqa: BLE001 — a dead reader would freeze the feed with no trace
+                    logger.exception("monitor source: reading failed, retrying in %.0f s", RETRY_S)
+                    self._stop.wait(RETRY_S)
+                    continue
                 if batch:
                     self._loop.call_soon_threadsafe(self._deliver, batch)
         finally:
