@@ -15,8 +15,9 @@ bisection). In order:
    covered everything from them on, so a restarted worker does not write the range again.
 
 Duplicates: the sinks are the authority, so no dedup table is consulted. The replay drops only
-what it has itself written, seen again within the worker's dedup window (by Kafka timestamps):
-that is what the live worker dropped (a device's re-send), and ClickHouse keeps the *latest*
+what it has itself written or parked, seen again within the worker's dedup window (by Kafka
+timestamps), unless the rematcher re-sent it: that is what the live worker dropped (a device's
+re-send), and ClickHouse keeps the *latest*
 insert, so writing re-sends would leave their later ``received_at``/``source`` where the live
 run kept the first.
 """
@@ -42,7 +43,7 @@ from infra.employee_sync import read_topic
 from infra.worker import open_sinks
 from schemas.employee import EmployeeRecord
 from streams.delivery import DeliveryOutcome, SinkRunner, stored
-from streams.logic import BatchPlan, Incoming, plan_batch
+from streams.logic import BatchPlan, Incoming, Seen, is_rematch, plan_batch, to_remember
 from streams.stats import WorkerStats
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
@@ -166,11 +167,10 @@ class ReplayDedup:
         first = self._written[msg.partition].get(event_id)
         return first is not None and live_would_drop(first, self._times[(msg.partition, msg.offset)], self.window_ms)
 
-    def remember(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> None:
-        """Like the worker: only rows every sink stored (a rejected one may come back, fixed)."""
-        for row in stored(plan.to_write, outcomes):
-            at_ms = self._times[(row.source_partition, row.source_offset)]
-            self._written[row.source_partition][row.punch.event_id] = at_ms
+    def remember(self, seen: Sequence[Seen]) -> None:
+        """What the worker remembers (streams.logic.to_remember): stored and parked ids."""
+        for s in seen:
+            self._written[s.partition][s.event_id] = self._times[(s.partition, s.offset)]
 
 
 def refusal(group: str, hosts: Sequence[str]) -> str | None:
@@ -290,7 +290,7 @@ def _replay(consumer: Consumer, runners: Sequence[SinkRunner], settings: Setting
                 dedup.begin({(m.partition, m.offset): ts for m, ts in received})
                 decided = plan_batch([m for m, _ in received], dedup.already_seen, employee_of, settings.validation)
                 outcomes = loop.run(_deliver(runners, decided))
-                dedup.remember(decided, outcomes)
+                dedup.remember(to_remember(decided, stored(decided.to_write, outcomes)))
                 summary.stats.note_batch(decided, outcomes, plan.sinks)
                 summary.written += len(decided.to_write)
                 _log_rejections(outcomes, plan.sinks)
@@ -384,7 +384,7 @@ def _end_of(msg: Message) -> int | None:
 
 def _incoming(msg: Message) -> Incoming:
     return Incoming(topic=str(msg.topic()), partition=int(msg.partition() or 0), offset=int(msg.offset() or 0),
-                    key=msg.key(), value=msg.value())
+                    key=msg.key(), value=msg.value(), rematch=is_rematch(msg.headers()))
 
 
 def advance_group_offsets(settings: Settings, plan: ReplayPlan) -> list[Move]:

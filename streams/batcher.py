@@ -3,7 +3,8 @@
 A flush, in order: plan the batch (streams.logic), write the enriched punches to every sink
 concurrently (streams.delivery: retries until they land), send parked and quarantined records
 to their topics and every stored punch to the live feed (``attendance.live``), wait for Kafka's
-confirmation of all of them at once, remember the event ids in the dedup table, then ack.
+confirmation of all of them at once, remember the stored and parked event ids in the dedup
+table (``streams.logic.to_remember``), then ack.
 Anything that stops a flush half-way (a crash, a stop during a sink outage) leaves the events
 unacked, so Kafka re-delivers them and the idempotent sinks absorb the repeat; the live feed
 may then show a punch twice, with the same event id (its readers de-duplicate on it).
@@ -31,7 +32,7 @@ from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from streams.catchup import CatchUp
 from streams.delivery import DeliveryOutcome, SinkRunner, stored
 from streams.employees import employee_from_table
-from streams.logic import BatchPlan, Incoming, plan_batch
+from streams.logic import BatchPlan, Incoming, Seen, is_rematch, plan_batch, to_remember
 from streams.stats import WorkerStats
 from tapstream.settings import ValidationSettings
 
@@ -149,7 +150,7 @@ class Batcher:
         recorded = stored(plan.to_write, outcomes)
         await self._publish([*self._parked(plan, outcomes), *self._live(recorded)])
         marks.append(time.monotonic())
-        self._remember(recorded)
+        self._remember(to_remember(plan, recorded))
         for event in events:
             await self._stream.ack(event)
         self.stats.note_batch(plan, outcomes, self._sink_names)
@@ -208,12 +209,10 @@ class Batcher:
             futures = [await self.send(*record) for record in records]
             await asyncio.gather(*futures)
 
-    def _remember(self, recorded: Sequence[EnrichedPunch]) -> None:
-        # Stored punches only: a parked one must pass when it is re-sent once its code is
-        # mapped, and one a sink rejected when it is replayed from quarantine after a fix.
-        for row in recorded:
-            with _as_current(self._by_position[(row.source_partition, row.source_offset)]):
-                self.dedup[str(row.punch.event_id)] = _dedup_mark(row.source_offset)
+    def _remember(self, seen: Sequence[Seen]) -> None:
+        for s in seen:
+            with _as_current(self._by_position[(s.partition, s.offset)]):
+                self.dedup[str(s.event_id)] = _dedup_mark(s.offset)
 
 
 def _dedup_mark(offset: int) -> int:
@@ -233,7 +232,8 @@ def _as_current(event: Any) -> Iterator[None]:
 
 def _incoming(event: Any) -> Incoming:
     msg = event.message
-    return Incoming(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value)
+    return Incoming(topic=msg.topic, partition=msg.partition, offset=msg.offset, key=msg.key, value=msg.value,
+                    rematch=is_rematch(msg.headers))
 
 
 def _rejections(outcomes: Sequence[DeliveryOutcome], names: Sequence[str]) -> list[QuarantineRecord]:

@@ -6,7 +6,8 @@ For each message of ``attendance.raw``, in order:
    punch whose time cannot be true (before ``validation.earliest_punch``, a device clock reset
    to 2000; or further after its receipt than ``validation.max_future_s``) or whose state is not
    one the devices may report (``implausible_time``, ``unknown_state``);
-2. drop it if its event id was already seen (earlier in the batch, or in the dedup table);
+2. drop it if its event id was already seen (earlier in the batch, or in the dedup table, unless
+   the rematcher re-sent it: see ``REMATCH_HEADER``);
 3. look its user code up in the employee map — a known code becomes an EnrichedPunch for the
    sinks, an unknown or inactive one is parked for ``attendance.unmatched``.
 
@@ -16,7 +17,7 @@ Nothing is dropped without a count: ``BatchPlan`` accounts for every message.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 
@@ -26,6 +27,12 @@ from schemas.punch import EnrichedPunch, RawPunch
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from tapstream.errors import ContractError
 from tapstream.settings import ValidationSettings
+
+# Marks the rematcher's re-send of a parked punch, whose code is now mapped. The dedup table
+# remembers parked ids (so a device's re-send of one is dropped, not parked twice); this header
+# is what lets the deliberate re-send through.
+REMATCH_HEADER = "tapstream-rematch"
+Headers = Mapping[str, object] | Iterable[tuple[str, object]] | None  # values unread
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,24 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+    rematch: bool = False  # re-sent by the rematcher: not checked against the dedup table
+
+
+def is_rematch(headers: Headers) -> bool:
+    """Whether a message's headers (a mapping, or Kafka's list of pairs) carry REMATCH_HEADER."""
+    if not headers:
+        return False
+    names = headers.keys() if isinstance(headers, Mapping) else (name for name, _ in headers)
+    return REMATCH_HEADER in names
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An event id for the dedup table, with where it was first seen."""
+
+    partition: int
+    offset: int
+    event_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -61,10 +86,14 @@ class BatchPlan:
     def accounted(self) -> int:
         return len(self.to_write) + len(self.unmatched) + len(self.quarantined) + self.duplicates
 
-    def seen_ids(self) -> list[uuid.UUID]:
-        """Ids to remember once the batch is safely written: written punches only (a parked
-        punch is re-sent to the raw topic when its code is mapped, and must then pass)."""
-        return [r.punch.event_id for r in self.to_write]
+
+def to_remember(plan: BatchPlan, stored: Sequence[EnrichedPunch]) -> list[Seen]:
+    """The ids a dedup table keeps once a batch is safe: the punches every sink stored and the
+    parked ones, so that a device's re-send of either is a duplicate. Not a punch a sink
+    rejected: it comes back from quarantine after a fix and must pass."""
+    seen = [Seen(row.source_partition, row.source_offset, row.punch.event_id) for row in stored]
+    seen += [Seen(u.msg.partition, u.msg.offset, u.punch.event_id) for u in plan.unmatched]
+    return seen
 
 
 def decode_incoming(msg: Incoming) -> RawPunch | QuarantineRecord:
@@ -124,7 +153,7 @@ def plan_batch(
         if problem is not None:
             plan.quarantined.append(_stream_quarantine(msg, *problem))
             continue
-        if decoded.event_id in in_batch or already_seen(msg, decoded.event_id):
+        if decoded.event_id in in_batch or (not msg.rematch and already_seen(msg, decoded.event_id)):
             plan.duplicates += 1
             continue
         in_batch.add(decoded.event_id)

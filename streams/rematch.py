@@ -7,7 +7,8 @@ active employee, and re-sends their punches — the same bytes, hence the same e
 the records sink in the same transaction. Going through the raw topic (rather than writing the
 sinks from here) keeps that topic the one log a replay rebuilds everything from.
 
-Re-sent punches pass stream-side dedup (parked ids are never remembered). A punch re-sent but
+Re-sent punches carry ``REMATCH_HEADER``, which lets them past the dedup table (it remembers
+parked ids, so that a device's re-send of a parked punch is a duplicate). A punch re-sent but
 parked again (a race with a mapping that changed back) waits ``rematch_cooldown_s`` before it is
 re-sent; re-sending twice is harmless, the sinks being idempotent.
 """
@@ -24,10 +25,10 @@ from schemas.employee import EmployeeRecord
 from sinks.postgres import ConnectionSource
 from sinks.postgres_ledger import ParkedPunch, due_punches, mark_rematched, open_codes
 from streams.batcher import Send
+from streams.logic import REMATCH_HEADER
 
 logger = logging.getLogger(__name__)
 
-REMATCH_HEADER = "tapstream-rematch"
 MAX_PER_ROUND = 5000  # punches re-sent per round; the rest follow in the next rounds
 
 

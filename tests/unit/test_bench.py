@@ -20,7 +20,7 @@ from infra.bench_profile import threads_path
 from infra.topics import topic_specs
 from schemas.codec import decode
 from schemas.punch import RawPunch
-from streams.logic import Incoming, implausible, plan_batch
+from streams.logic import Incoming, implausible, plan_batch, to_remember
 from tapstream.settings import Settings, TopicSettings, ValidationSettings
 
 
@@ -75,7 +75,7 @@ def workload(events: int, seed: int = 7, mix: Mix = Mix(), employees: int = 50) 
 
 def run_like_the_worker(messages: list[Message], employees: int = 50, batch: int = 1000) -> dict[str, int]:
     """Plan the messages batch by batch as streams.batcher does: the dedup table remembers
-    written punches only, and one key always lands on one partition."""
+    written and parked punches, and one key always lands on one partition."""
     staff = {e.attendance_code: e for e in bench_employees(employees)}
     remembered: set[uuid.UUID] = set()
     offsets: dict[int, int] = {}
@@ -87,7 +87,7 @@ def run_like_the_worker(messages: list[Message], employees: int = 50, batch: int
             offsets[partition] = offsets.get(partition, -1) + 1
             incoming.append(Incoming("attendance.raw", partition, offsets[partition], key, value))
         plan = plan_batch(incoming, lambda _msg, event_id: event_id in remembered, staff.get)
-        remembered.update(plan.seen_ids())
+        remembered.update(s.event_id for s in to_remember(plan, plan.to_write))
         totals["records"] += len(plan.to_write)
         totals["duplicates"] += plan.duplicates
         totals["unmatched"] += len(plan.unmatched)

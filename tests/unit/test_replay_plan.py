@@ -17,7 +17,7 @@ from schemas.codec import encode
 from schemas.employee import EmployeeRecord
 from schemas.punch import RawPunch
 from streams.delivery import DeliveryOutcome
-from streams.logic import Incoming, plan_batch
+from streams.logic import Incoming, plan_batch, to_remember
 from tests.factories import enriched
 
 HOUR_MS = 3600 * 1000
@@ -104,11 +104,24 @@ def test_the_replay_drops_what_it_wrote_itself_within_the_window_and_nothing_els
     for msg, (_, hours) in zip(batch, punches, strict=True):  # one message per batch: across batches
         dedup.begin({(0, msg.offset): start_ms + hours * HOUR_MS})
         plan = plan_batch([msg], dedup.already_seen, CODES.get)
-        dedup.remember(plan, [])  # no sink rejected anything
+        dedup.remember(to_remember(plan, plan.to_write))  # no sink rejected anything
         written += [(r.source_offset, r.punch.received_at) for r in plan.to_write]
     # the re-send an hour later is what the live worker dropped; 13 hours later it passed again
     assert [offset for offset, _ in written] == [0, 1, 3]
     assert written[0][1] == punches[0][0].received_at  # the first copy is the one kept
+
+
+def test_the_replay_drops_a_resent_parked_punch_but_not_the_rematchers_resend() -> None:
+    dedup = ReplayDedup(window_s=3600)
+    value = encode(enriched(0, user_code="9999").punch)  # a code the map does not know
+    outcome = []
+    for offset, rematch in [(0, False), (1, False), (2, True)]:  # original, device re-send, rematch
+        msg = Incoming("attendance.raw", 0, offset, b"SN", value, rematch=rematch)
+        dedup.begin({(0, offset): offset * 1000})
+        plan = plan_batch([msg], dedup.already_seen, CODES.get)
+        dedup.remember(to_remember(plan, plan.to_write))
+        outcome.append((len(plan.unmatched), plan.duplicates))
+    assert outcome == [(1, 0), (0, 1), (1, 0)]
 
 
 def test_the_worker_group_must_be_empty() -> None:
@@ -153,7 +166,8 @@ def test_the_replay_forgets_ids_no_later_copy_could_duplicate() -> None:
     for hour in range(48):  # one punch an hour for two days, each batch an hour later
         msg = Incoming("attendance.raw", 0, hour, b"SN", encode(enriched(hour).punch))
         dedup.begin({(0, hour): hour * HOUR_MS})
-        dedup.remember(plan_batch([msg], dedup.already_seen, CODES.get), [])
+        plan = plan_batch([msg], dedup.already_seen, CODES.get)
+        dedup.remember(to_remember(plan, plan.to_write))
         assert len(dedup) <= 4  # the newest message's window and the two before it, not the range
     assert len(dedup) == 3
 

@@ -10,7 +10,7 @@ from schemas.employee import EmployeeRecord
 from schemas.punch import PunchSource, RawPunch, make_raw_punch
 from schemas.quarantine import Reason, Stage
 from streams.catchup import CatchUp
-from streams.logic import Incoming, plan_batch
+from streams.logic import REMATCH_HEADER, Incoming, is_rematch, plan_batch, to_remember
 
 EMPLOYEES = {
     "100": EmployeeRecord(attendance_code="100", employee_id="E-100"),
@@ -63,7 +63,29 @@ def test_unknown_and_inactive_codes_are_parked_not_dropped() -> None:
         ("999", "unknown_employee"), ("101", "inactive_employee"),
     ]
     assert plan.to_write == []
-    assert plan.seen_ids() == []  # not remembered: their re-send, once mapped, must pass dedup
+    # remembered, so that a device's re-send of one is a duplicate rather than parked twice
+    assert [s.event_id for s in to_remember(plan, plan.to_write)] == [punch("999").event_id, punch("101").event_id]
+
+
+def test_a_device_resend_of_a_parked_punch_in_a_later_batch_is_a_duplicate() -> None:
+    first = plan_batch([msg(encode(punch("999")), 1)], never_seen, EMPLOYEES.get)
+    remembered = {s.event_id for s in to_remember(first, first.to_write)}
+    again = plan_batch([msg(encode(punch("999")), 2)], lambda m, eid: eid in remembered, EMPLOYEES.get)
+    assert again.unmatched == [] and again.duplicates == 1
+
+
+def test_the_rematchers_resend_passes_the_dedup_table_but_not_a_copy_in_its_batch() -> None:
+    value = encode(punch())
+    resent = Incoming("attendance.raw", 0, 5, b"SN1", value, rematch=True)
+    plan = plan_batch([resent, msg(value, 6)], lambda m, eid: True, EMPLOYEES.get)
+    assert [r.source_offset for r in plan.to_write] == [5]
+    assert plan.duplicates == 1
+
+
+def test_the_rematch_header_is_found_in_either_header_shape() -> None:
+    assert is_rematch([("x", b"1"), (REMATCH_HEADER, b"100")])
+    assert is_rematch({REMATCH_HEADER: b"100"})
+    assert not is_rematch([("x", b"1")]) and not is_rematch(None) and not is_rematch([])
 
 
 def test_undecodable_values_are_quarantined_with_their_bytes_and_position() -> None:
