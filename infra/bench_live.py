@@ -204,7 +204,7 @@ def _result(run: LiveRun, options: LiveOptions, measured: Measured, throughput: 
         clients_behind=sum(1 for c in clients if c["behind"]),
         slow_readers=slow_summary(measured.readers) if options.slow_clients else None,
         monitor_sse=measured.sse, throughput=throughput, cpu_pct=measured.cpu,
-        settings={"batch_max": w.batch_max, "batch_within_s": w.batch_within_s,
+        settings={"batch_max": w.batch_max, "batch_within_s": w.batch_within_s, "fetch_max_wait_ms": w.fetch_max_wait_ms,
                   "client_buffer": run.settings.monitor.client_buffer, "client_procs": options.client_procs,
                   "raw_partitions": run.settings.topics.raw_partitions},
         machine=machine, versions=versions, run_id=run.run_id,

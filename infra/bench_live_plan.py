@@ -48,6 +48,7 @@ class LiveOptions:
     upload_interval_s: float = 0.15
     client_procs: int = 2
     batch_within_s: float | None = None
+    fetch_max_wait_ms: int | None = None
     batch_max: int | None = None
     compare_events: int = 30_000
     compare_pairs: int = 3

@@ -47,6 +47,7 @@ class LiveRun(BenchRun):
         env = super().worker_env(base)
         env.update({
             f"{p}WORKER__BATCH_WITHIN_S": str(s.worker.batch_within_s),
+            f"{p}WORKER__FETCH_MAX_WAIT_MS": str(s.worker.fetch_max_wait_ms),
             f"{p}MONITOR__HOST": "127.0.0.1",
             f"{p}MONITOR__PORT": str(self.monitor_port),
         })
@@ -54,11 +55,13 @@ class LiveRun(BenchRun):
 
 
 def plan_live_run(settings: Settings, options: LiveOptions, run_id: str | None = None) -> LiveRun:
-    """infra.bench_run.plan_run plus the batch settings and a free monitor port."""
+    """infra.bench_run.plan_run plus the batch and fetch settings and a free monitor port."""
     base = plan_run(settings, BenchOptions(events=0, batch_max=options.batch_max), run_id)
     w = base.settings.worker
     if options.batch_within_s is not None:
         w = w.model_copy(update={"batch_within_s": options.batch_within_s})
+    if options.fetch_max_wait_ms is not None:
+        w = w.model_copy(update={"fetch_max_wait_ms": options.fetch_max_wait_ms})
     isolated = base.settings.model_copy(update={"worker": w})
     return LiveRun(base.run_id, isolated, base.schema, base.base_dsn, free_port())
 

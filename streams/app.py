@@ -15,6 +15,8 @@ Wiring, and why it is this way (see shared/reference/stack-notes.md §2):
   as it stood at start (streams.catchup), so a fresh worker does not park known employees;
 * the live feed: every stored punch is also sent to ``attendance.live`` (schemas.live) before
   its batch is acked, for the monitor's /events;
+* ``streams.faust_tuning``: two Faust defaults (a 1.5 s fetch wait, a 100-record producer
+  buffer) that held the stream for a second at a time;
 * ``rematch``: a timer re-sending parked punches to the raw topic once their code is mapped
   (streams.rematch), when the worker has Postgres, where parked punches are listed.
 """
@@ -27,13 +29,13 @@ from datetime import timedelta
 from typing import Any
 
 import faust
-from faust.transport.producer import ProducerBuffer
 
 from sinks.postgres import ConnectionSource
 from streams.batcher import Batcher
 from streams.catchup import CatchUp, start_positions
-from streams.employees import apply_employee_change, employee_from_table
 from streams.delivery import SinkRunner
+from streams.employees import apply_employee_change, employee_from_table
+from streams.faust_tuning import tune_faust
 from streams.rematch import Rematcher
 from streams.sender import KafkaSender
 from streams.stats import WorkerStats
@@ -75,11 +77,7 @@ def build_app(
         table_cleanup_interval=min(60.0, worker.dedup_window_s / 4),
         logging_config=None,
     )
-    # Faust's producer buffer holds table changelog records; past ``max_messages`` (100) the
-    # conductor stops reading the raw topic until the buffer drains, one record at a time. With a
-    # dedup mark per stored punch, every batch over 100 froze the stream for up to a second
-    # (docs/benchmarks.md, "The worker's sends through librdkafka"). A batch's marks may wait.
-    ProducerBuffer.max_messages = max(ProducerBuffer.max_messages, 2 * worker.batch_max)
+    tune_faust(fetch_max_wait_ms=worker.fetch_max_wait_ms, batch_max=worker.batch_max)
     raw = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
     window = float(worker.dedup_window_s)
     dedup = (

@@ -167,6 +167,10 @@ class WorkerSettings(BaseModel):
 
     app_id: str = Field("tapstream-worker", description="Faust app id = Kafka consumer group")
     batch_max: int = Field(5000, description="events per sink batch at most")
+    fetch_max_wait_ms: int = Field(
+        50, ge=1, le=1500, description="how long the broker may hold the worker's fetch for new records, ms "
+        "(Faust's own 1500 held whole batches back: streams/faust_tuning.py)"
+    )
     batch_within_s: float = Field(
         0.005, description="an idle worker waits this long for more events before it flushes, seconds "
         "(under load a batch is what arrived during the previous flush, up to batch_max)"

@@ -105,6 +105,9 @@ def live(
         None, "--batch-within", help="worker batch_within_s (default: TAPSTREAM_WORKER__BATCH_WITHIN_S)"
     ),
     batch_max: int | None = typer.Option(None, "--batch-max", min=1, help="worker batch size (default: configured)"),
+    fetch_wait: int | None = typer.Option(
+        None, "--fetch-wait", min=1, max=1500, help="worker fetch_max_wait_ms (default: TAPSTREAM_WORKER__FETCH_MAX_WAIT_MS)"
+    ),
     compare_events: int = typer.Option(
         30_000, "--compare-events", min=0, help="events pre-loaded per throughput run (0: no comparison)"
     ),
@@ -119,7 +122,8 @@ def live(
     """
     options = LiveOptions(rate=rate, duration_s=duration, clients=clients, slow_clients=slow_clients, devices=devices,
                           employees=employees, upload_interval_s=upload_interval, client_procs=client_procs,
-                          batch_within_s=batch_within, batch_max=batch_max, compare_events=compare_events,
+                          batch_within_s=batch_within, batch_max=batch_max, fetch_max_wait_ms=fetch_wait,
+                          compare_events=compare_events,
                           compare_pairs=compare_pairs,
                           drain_s=drain, keep=keep)
     try:

@@ -149,7 +149,7 @@ def test_the_result_line_has_exactly_its_keys() -> None:
 
 def test_a_live_run_isolates_the_live_and_alert_topics_too() -> None:
     settings = Settings()
-    run = plan_live_run(settings, LiveOptions(batch_within_s=0.05), run_id="r1")
+    run = plan_live_run(settings, LiveOptions(batch_within_s=0.05, fetch_max_wait_ms=1500), run_id="r1")
     t = run.settings.topics
     assert t.live == "attendance.live.bench-r1" and t.alerts == "alerts.bench-r1"
     assert t.raw == "attendance.raw.bench-r1"
@@ -157,6 +157,7 @@ def test_a_live_run_isolates_the_live_and_alert_topics_too() -> None:
     env = run.worker_env({})
     assert env["TAPSTREAM_TOPICS__LIVE"] == t.live and env["TAPSTREAM_TOPICS__ALERTS"] == t.alerts
     assert env["TAPSTREAM_WORKER__BATCH_WITHIN_S"] == "0.05"
+    assert env["TAPSTREAM_WORKER__FETCH_MAX_WAIT_MS"] == "1500"  # Faust's own, to compare against
     assert env["TAPSTREAM_METRICS__WORKER_PORT"] == "0"
     assert env["TAPSTREAM_MONITOR__PORT"] == str(run.monitor_port) != "0"
     assert settings.topics.live == "attendance.live"  # the caller's settings are untouched
