@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 KNOWN = ["3001", "3002", "3003", "3004"]
-STRANGER = "3999"  # no employee: parked (unmatched) each time it arrives
+STRANGER = "3999"  # no employee: parked (unmatched) once; its re-send is a duplicate (dedup remembers parked punches)
 
 
 def scrape(url: str) -> Samples:
@@ -56,7 +56,7 @@ def test_push_and_worker_metrics_count_what_was_sent(make_pipeline: Callable[...
     assert post(base, path, body) == "OK: 6"
     wait_drained(base, 60)
     wait_worker(pipeline.stats_file, worker, 5, 60)
-    assert post(base, path, body) == "OK: 6"  # the same batch again: the stream drops the 4 stored ones
+    assert post(base, path, body) == "OK: 6"  # the same batch again: the stream drops all 5 as duplicates
     produce_garbage(pipeline.bootstrap, pipeline.raw)  # undecodable: quarantined by the worker
     wait_drained(base, 60)
     wait_worker(pipeline.stats_file, worker, 11, 60)
@@ -74,7 +74,7 @@ def test_push_and_worker_metrics_count_what_was_sent(make_pipeline: Callable[...
     assert got[("tapstream_worker_events_consumed_total", frozenset())] == 11
     out = {o: got[("tapstream_worker_events_out_total", labels(outcome=o))]
            for o in ("stored", "duplicate", "unmatched", "quarantined", "rejected")}
-    assert out == {"stored": 4, "duplicate": 4, "unmatched": 2, "quarantined": 1, "rejected": 0}
+    assert out == {"stored": 4, "duplicate": 5, "unmatched": 1, "quarantined": 1, "rejected": 0}
     for sink in ("postgres", "clickhouse"):
         assert got[("tapstream_worker_sink_rows_total", labels(sink=sink, result="inserted"))] == 4
         assert got[("tapstream_worker_sink_failures_total", labels(sink=sink))] == 0
