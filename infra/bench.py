@@ -89,8 +89,8 @@ def run_pipeline_bench(settings: Settings, options: BenchOptions, say: Say) -> d
         f"{options.employees} employees, batch_max {run.settings.worker.batch_max}; {bench_env.machine_line(machine)}")
     try:
         prepare(run, say)
-        loaded = _load(run, options, say)
-        outcome = _run_worker(run, options, say)
+        loaded = load_events(run, options, say)
+        outcome = run_worker(run, options, say)
         if not outcome.stats.get("first_event_at"):
             raise TapstreamError(
                 f"the bench worker consumed nothing (exit {outcome.returncode}); see {run.folder / 'worker.log'}. "
@@ -115,7 +115,7 @@ def _broker_version(settings: Settings) -> str:
     return settings.kafka.version if settings.kafka.managed else f"external ({settings.kafka.bootstrap})"
 
 
-def _load(run: BenchRun, options: BenchOptions, say: Say) -> Loaded:
+def load_events(run: BenchRun, options: BenchOptions, say: Say) -> Loaded:
     """Publish the employees, then the workload's messages; what was loaded, and how fast."""
     s = run.settings
     employees = bench_employees(options.employees)
@@ -142,7 +142,7 @@ def _worker_command(run: BenchRun, options: BenchOptions) -> list[str]:
     return [sys.executable, "-m", "tapstream", *args]
 
 
-def _run_worker(run: BenchRun, options: BenchOptions, say: Say) -> WorkerOutcome:
+def run_worker(run: BenchRun, options: BenchOptions, say: Say) -> WorkerOutcome:
     """Run the worker until it exits idle (or the timeout); its stats and wall time."""
     log_path = run.folder / "worker.log"
     say(f"  worker: {' '.join(_worker_command(run, options)[1:])} (log {log_path})")

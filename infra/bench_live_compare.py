@@ -14,7 +14,7 @@ import logging
 import statistics
 from typing import Any
 
-from infra.bench import _load, _run_worker  # the pipeline bench's own steps, reused as they are
+from infra.bench import load_events, run_worker  # the pipeline bench's own steps, reused as they are
 from infra.bench_events import worker_rate
 from infra.bench_live_plan import LiveOptions, slow_summary, throughput_ratio
 from infra.bench_live_run import Readers, monitor_sse, plan_live_run, start_monitor
@@ -60,8 +60,8 @@ def _one(settings: Settings, options: LiveOptions, slow: int, say: Say) -> tuple
         if slow:
             readers = Readers(run, clients=0, slow=slow, procs=1, planned=0)
             readers.wait_ready()
-        _load(run, bench, say)
-        outcome = _run_worker(run, bench, say)
+        load_events(run, bench, say)
+        outcome = run_worker(run, bench, say)
         counts: dict[str, Any] = slow_summary(readers.results(stop=True)) if readers else {}
         counts["monitor_sse"] = monitor_sse(run)
     finally:

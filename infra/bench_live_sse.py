@@ -1,7 +1,6 @@
-"""SSE readers for `tapstream bench live`: a stream parser and the client process.
+"""SSE readers for `tapstream bench live`: the client process.
 
-``SseParser`` turns the bytes of a ``text/event-stream`` into events, whatever the chunking
-(pure; unit-tested). The client process (``python -m infra.bench_live_sse``) holds many
+The client process (``python -m infra.bench_live_sse``) holds many
 readers in one event loop:
 
 * normal clients (aiohttp) record, per punch of the tap plan, the arrival time minus the tap
@@ -36,6 +35,7 @@ import aiohttp
 from yarl import URL
 
 from infra.bench_live_plan import STAGES, Histogram, merge, stage_latencies
+from monitor.sse_reader import SseParser
 
 logger = logging.getLogger(__name__)
 
@@ -43,50 +43,6 @@ SLOW_READ_BYTES = 256
 SLOW_SLEEP_S = 0.2
 SLOW_RCVBUF = 4096
 RECONNECT_S = 1.0
-
-
-@dataclass(frozen=True)
-class SseEvent:
-    type: str
-    id: str | None
-    data: str
-
-
-class SseParser:
-    """Incremental text/event-stream parser: feed chunks, get whole events (comments dropped)."""
-
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def feed(self, chunk: bytes) -> list[SseEvent]:
-        data = self._rest + chunk
-        if b"\r" in data:
-            # A lone \r at the end may be half of a \r\n: keep it for the next chunk.
-            keep = data.endswith(b"\r")
-            data = data[:-1] if keep else data
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
-        blocks = data.split(b"\n\n")
-        self._rest = blocks.pop()
-        return [e for e in map(_event, blocks) if e is not None]
-
-
-def _event(block: bytes) -> SseEvent | None:
-    kind, event_id, data = "message", None, []
-    for raw in block.split(b"\n"):
-        line = raw.decode("utf-8", errors="replace")
-        if not line or line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            kind = value
-        elif name == "id":
-            event_id = value
-        elif name == "data":
-            data.append(value)
-    if not data and event_id is None and kind == "message":
-        return None  # only comments (keepalives)
-    return SseEvent(kind, event_id, "\n".join(data))
 
 
 @dataclass

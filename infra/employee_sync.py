@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from infra.employees import publish_employees
 from schemas.codec import decode_or_none
 from schemas.employee import EmployeeRecord
 from tapstream.errors import TapstreamError
+from tapstream.topic_tail import TopicTail
 
 logger = logging.getLogger(__name__)
 
@@ -64,33 +65,15 @@ def read_table(dsn: str) -> dict[str, EmployeeRecord]:
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, EmployeeRecord | None]:
     """The latest record (None = tombstone) per code, reading the topic up to its current end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tapstream-employee-sync",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    tail = TopicTail(bootstrap, topic, timeout_s)
     try:
-        partitions = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
-        return _consume_until(consumer, ends, timeout_s)
-    except KafkaException as exc:
-        raise TapstreamError(f"cannot read {topic}: {exc}") from exc
+        records = tail.read_new()
     finally:
-        consumer.close()
-
-
-def _consume_until(consumer: Consumer, ends: dict[int, int], timeout_s: float) -> dict[str, EmployeeRecord | None]:
+        tail.close()
     latest: dict[str, EmployeeRecord | None] = {}
-    done = {p for p, end in ends.items() if end == 0}
-    while len(done) < len(ends):
-        msg = consumer.poll(timeout_s)
-        if msg is None:
-            raise TapstreamError(f"the employees topic stopped answering before its end ({len(latest)} codes read)")
-        if msg.error():
-            continue
-        key = (msg.key() or b"").decode("utf-8", "replace")
-        latest[key] = decode_or_none(EmployeeRecord, msg.value(), f"employees topic: record for {key!r} (will be replaced)")
-        partition, offset = msg.partition(), msg.offset()
-        if partition is not None and offset is not None and offset + 1 >= ends[partition]:
-            done.add(partition)
+    for key, value in records:
+        code = (key or b"").decode("utf-8", "replace")
+        latest[code] = decode_or_none(EmployeeRecord, value, f"employees topic: record for {code!r} (will be replaced)")
     return latest
 
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TypeVar
 
 import aiohttp
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 from infra.pipeline_probes import collect_status
 from infra.pipeline_status import PipelineStatus
@@ -30,6 +29,7 @@ from schemas.codec import decode_or_none, encode
 from schemas.device_status import DeviceStatus
 from tapstream.errors import TapstreamError, first_line
 from tapstream.settings import Settings
+from tapstream.topic_tail import TopicTail
 
 logger = logging.getLogger(__name__)
 
@@ -42,69 +42,11 @@ DeviceStatuses = Callable[[], Mapping[str, DeviceStatus]]
 PushLastSeen = Callable[[], Mapping[str, datetime]]
 
 
-class TopicTail:
-    """A topic read from its beginning up to its current end on every ``read_new`` call.
-
-    No consumer group: partitions are assigned, never subscribed, and nothing is committed. The
-    group id librdkafka insists on is random so that it names no one.
-    """
-
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = READ_TIMEOUT_S) -> None:
-        self._topic, self._timeout_s = topic, timeout_s
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"tapstream-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        })
-        self._next: dict[int, int] | None = None  # partition -> next offset to read
-
-    def read_new(self) -> list[tuple[bytes | None, bytes | None]]:
-        """(key, value) of every message written since the last call (all of them the first time)."""
-        try:
-            return self._read_to_end()
-        except KafkaException as exc:
-            raise TapstreamError(f"cannot read {self._topic}: {first_line(exc)}") from exc
-
-    def close(self) -> None:
-        self._consumer.close()
-
-    def _read_to_end(self) -> list[tuple[bytes | None, bytes | None]]:
-        if self._next is None:
-            metadata = self._consumer.list_topics(self._topic, timeout=self._timeout_s).topics[self._topic]
-            if metadata.error is not None:
-                raise TapstreamError(f"cannot read {self._topic}: {metadata.error.str()}")
-            self._consumer.assign([TopicPartition(self._topic, p, 0) for p in metadata.partitions])
-            self._next = {p: 0 for p in metadata.partitions}
-        pending = {}
-        for p, start in self._next.items():
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=self._timeout_s)
-            if max(start, low) < high:
-                pending[p] = high
-        return self._consume(pending)
-
-    def _consume(self, ends: dict[int, int]) -> list[tuple[bytes | None, bytes | None]]:
-        assert self._next is not None
-        out = []
-        while ends:
-            msg: Message | None = self._consumer.poll(self._timeout_s)
-            if msg is None:
-                raise TapstreamError(f"{self._topic} stopped answering before its end")
-            error, partition, offset = msg.error(), msg.partition(), msg.offset()
-            if error is not None or partition is None or offset is None:
-                if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                    logger.warning("%s: %s", self._topic, error.str())
-                continue
-            out.append((msg.key(), msg.value()))
-            self._next[partition] = offset + 1
-            if partition in ends and offset + 1 >= ends[partition]:
-                del ends[partition]
-        return out
-
-
 class LatestStatuses:
     """The latest DeviceStatus per serial of the compacted device-status topic, kept current."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._tail = TopicTail(bootstrap, topic)
+        self._tail = TopicTail(bootstrap, topic, READ_TIMEOUT_S)
         self._topic = topic
         self._latest: dict[str, DeviceStatus] = {}
 
@@ -124,7 +66,7 @@ class LatestStatuses:
 
 def read_alerts(bootstrap: str, topic: str) -> list[Alert]:
     """Every alert on the topic, oldest first."""
-    tail = TopicTail(bootstrap, topic)
+    tail = TopicTail(bootstrap, topic, READ_TIMEOUT_S)
     try:
         return [a for _, value in tail.read_new() if (a := decode_or_none(Alert, value, topic)) is not None]
     finally:

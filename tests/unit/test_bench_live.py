@@ -13,7 +13,8 @@ from infra.bench_live_plan import (
     slow_summary, sse_counters, stage_latencies, tap_schedule, throughput_ratio, uploads,
 )
 from infra.bench_live_run import _share, plan_live_run
-from infra.bench_live_sse import Plan, SseEvent, SseParser, Tally, _event_id
+from infra.bench_live_sse import Plan, Tally, _event_id
+from monitor.sse_reader import SseEvent, SseParser
 from producers.adms import parse_attlog
 from schemas.punch import compute_event_id
 from tapstream.settings import Settings
