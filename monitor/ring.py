@@ -16,10 +16,12 @@ import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 LIVE, STATUS, ALERTS = "l", "s", "a"
 CODES = (LIVE, STATUS, ALERTS)
+_FIELDS = {LIVE: "live", STATUS: "status", ALERTS: "alerts"}
 _ID = re.compile(r"^l(\d+)\.s(\d+)\.a(\d+)$")
 
 
@@ -32,7 +34,8 @@ class Cursor:
     alerts: int = 0
 
     def of(self, code: str) -> int:
-        return {LIVE: self.live, STATUS: self.status, ALERTS: self.alerts}[code]
+        value: int = getattr(self, _FIELDS[code])
+        return value
 
     def at(self, code: str, offset: int) -> Cursor:
         """This cursor with ``code``'s offset set to ``offset``."""
@@ -46,11 +49,25 @@ class Cursor:
         """This cursor moved past the event at ``offset`` of ``code`` (never backwards)."""
         return self if offset < self.of(code) else self.at(code, offset + 1)
 
+    def covers(self, other: Cursor) -> bool:
+        """Every component at least ``other``'s."""
+        return self.live >= other.live and self.status >= other.status and self.alerts >= other.alerts
+
     def union(self, other: Cursor) -> Cursor:
         """Component-wise maximum: everything below either has been taken."""
+        # A following client's cursor is covered by the next entry's: reuse that cursor (and
+        # its rendered id) instead of building one per client per event.
+        if other.covers(self):
+            return other
+        if self.covers(other):
+            return self
         return Cursor(max(self.live, other.live), max(self.status, other.status), max(self.alerts, other.alerts))
 
     def id(self) -> str:
+        return self._id
+
+    @cached_property
+    def _id(self) -> str:  # cached_property writes the instance dict directly: fine when frozen
         return f"l{self.live}.s{self.status}.a{self.alerts}"
 
 

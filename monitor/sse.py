@@ -31,6 +31,7 @@ BACKFILL_ROUNDS = 5  # the ring evicts while a gap is read: read the new gap, a 
 KEEPALIVE = b": keepalive\n\n"
 STALL_S = 1.0  # a write not taken for this long, with client_buffer events waiting: behind
 CHECK_S = 0.1  # how often a pending write looks at how far behind its client is
+CHUNK_FRAMING = 64  # bytes a write adds around the chunk (chunked transfer encoding), at most
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ async def _follow(feed: Feed, client: Client, flt: Filter, conn: Conn, read: Spa
             return
         out, looked = _pending(feed, client, flt)
         if out:
-            taken = await _write(resp, "".join(out).encode(), lambda: feed.is_behind(client), stall_s)
+            taken = await _write(conn, "".join(out).encode(), lambda: feed.is_behind(client), stall_s)
             feed.metrics.sent.inc(len(out))
             if not taken:
                 await _behind(feed, client, conn, heartbeat_s)
@@ -129,9 +130,14 @@ def _pending(feed: Feed, client: Client, flt: Filter) -> tuple[list[str], bool]:
     return out, bool(entries)
 
 
-async def _write(resp: web.StreamResponse, chunk: bytes, behind: Callable[[], bool], stall_s: float) -> bool:
+async def _write(conn: Conn, chunk: bytes, behind: Callable[[], bool], stall_s: float) -> bool:
     """Write ``chunk``; False when, still not taken after ``stall_s``, the client is ``behind()``."""
-    write = asyncio.ensure_future(resp.write(chunk))
+    if _has_room(conn, len(chunk)):
+        # The socket buffer stays below its high-water mark, so the write cannot wait for the
+        # client: skip the watched task (a task and a timer per client per wake-up add up).
+        await conn.resp.write(chunk)
+        return True
+    write = asyncio.ensure_future(conn.resp.write(chunk))
     waited = 0.0
     try:
         while True:
@@ -144,6 +150,14 @@ async def _write(resp: web.StreamResponse, chunk: bytes, behind: Callable[[], bo
                 return False
     finally:
         write.cancel()  # when cut: the bytes are in the transport's buffer; only the wait for room ends
+
+
+def _has_room(conn: Conn, size: int) -> bool:
+    transport = conn.request.transport
+    if transport is None or transport.is_closing():
+        return False
+    _low, high = transport.get_write_buffer_limits()
+    return transport.get_write_buffer_size() + size + CHUNK_FRAMING < high
 
 
 async def _behind(feed: Feed, client: Client, conn: Conn, grace_s: float) -> None:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.feed import Decoded, Feed, FeedMetrics
 from monitor.ring import ALERTS, LIVE, STATUS, Cursor, FeedEvent, Filter, Resume, Ring, parse_filter, parse_id, start_seq
-from monitor.sse import stream_events
+from monitor.sse import Conn, _has_room, stream_events
 from monitor.views import DeviceBoard
 from producers.registry import DeviceInfo
 from schemas.device_status import DeviceStatus, LinkState
@@ -61,6 +61,17 @@ def test_an_id_names_the_next_offset_of_each_topic() -> None:
     for bad in ("", "l1.s2", "x1.s2.a3", "l-1.s2.a3", "l1.s2.a3.b4"):
         with pytest.raises(ValueError):
             parse_id(bad)
+
+
+@pytest.mark.parametrize(("a", "b", "union"), [
+    (Cursor(1, 2, 3), Cursor(1, 2, 4), Cursor(1, 2, 4)),
+    (Cursor(5, 2, 3), Cursor(1, 2, 3), Cursor(5, 2, 3)),
+    (Cursor(5, 0, 3), Cursor(1, 9, 3), Cursor(5, 9, 3)),  # neither covers the other
+    (Cursor(), Cursor(), Cursor()),
+])
+def test_a_union_is_the_componentwise_maximum_whichever_side_covers(a: Cursor, b: Cursor, union: Cursor) -> None:
+    assert a.union(b) == b.union(a) == union
+    assert union.id() == f"l{union.live}.s{union.status}.a{union.alerts}"
 
 
 def test_each_entry_carries_the_position_just_after_it() -> None:
@@ -158,15 +169,30 @@ def status(offset: int, serial: str = "SN-B", connected: bool = True) -> Decoded
 
 
 class FakeTransport:
+    """A socket's buffer: empty for a client that reads, full for one that does not."""
+
     aborted = False
+    HIGH = 65536
+
+    def __init__(self, buffered: int = 0, closing: bool = False) -> None:
+        self.buffered, self.closing = buffered, closing
 
     def abort(self) -> None:
         self.aborted = True
 
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.HIGH // 4, self.HIGH
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
 
 class FakeRequest:
-    def __init__(self) -> None:
-        self.transport = FakeTransport()
+    def __init__(self, transport: FakeTransport | None = None) -> None:
+        self.transport = transport or FakeTransport()
 
 
 class FakeResponse:
@@ -203,9 +229,22 @@ async def no_spans(spans: dict[str, tuple[int, int]]) -> list[Decoded]:
 
 def start_stream(feed: Feed, resp: FakeResponse, flt: Filter = Filter(), cursor: Cursor | None = None,
                  spans: Any = no_spans) -> asyncio.Task[None]:
+    request = FakeRequest(FakeTransport(buffered=FakeTransport.HIGH if resp.stuck else 0))
     return asyncio.ensure_future(stream_events(
-        feed, FakeRequest(), resp, flt, cursor, spans, heartbeat_s=0.5, stall_s=0.2,  # type: ignore[arg-type]  # fakes
+        feed, request, resp, flt, cursor, spans, heartbeat_s=0.5, stall_s=0.2,  # type: ignore[arg-type]  # fakes
     ))
+
+
+@pytest.mark.parametrize(("buffered", "closing", "size", "room"), [
+    (0, False, 20_000, True),  # a client that reads: written straight away
+    (60_000, False, 20_000, False),  # the write would pause the transport: watched
+    (0, True, 10, False),  # a closing connection: the watched path reports it
+    (0, False, 70_000, False),  # a chunk bigger than the buffer: watched
+])
+def test_a_write_skips_the_watch_only_when_the_socket_buffer_has_room(
+        buffered: int, closing: bool, size: int, room: bool) -> None:
+    conn = Conn(FakeRequest(FakeTransport(buffered, closing)), FakeResponse())  # type: ignore[arg-type]  # fakes
+    assert _has_room(conn, size) is room
 
 
 def test_a_stuck_client_is_told_it_is_behind_while_a_fast_one_gets_everything() -> None:
