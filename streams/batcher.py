@@ -86,6 +86,7 @@ class Batcher:
         self._lock = asyncio.Lock()
         self._stream: Any = None
         self._by_position: dict[tuple[int, int], Any] = {}
+        self._employees_now: dict[str, EmployeeRecord | None] = {}  # lookups of the current flush
         self._retry_s = 1.0
         self._sink_names = [s.sink.name for s in self.sinks]
 
@@ -143,6 +144,7 @@ class Batcher:
         marks = [time.monotonic()]  # the end of each stage, for the log line
         # The Faust event behind each message: tables must be read and written "as" that event.
         self._by_position = {(e.message.partition, e.message.offset): e for e in events}
+        self._employees_now = {}
         plan = plan_batch([_incoming(e) for e in events], self._already_seen, self._employee_of, self.rules)
         marks.append(time.monotonic())
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
@@ -174,7 +176,11 @@ class Batcher:
         return bool(marks) and _dedup_mark(msg.offset) not in marks
 
     def _employee_of(self, code: str) -> EmployeeRecord | None:
-        return employee_from_table(self.employees, code)
+        """The employee behind ``code``, looked up (and validated) once per flush: a batch
+        repeats codes, and the live feed needs the name of each one enriched."""
+        if code not in self._employees_now:
+            self._employees_now[code] = employee_from_table(self.employees, code)
+        return self._employees_now[code]
 
     def _parked(self, plan: BatchPlan, outcomes: Sequence[DeliveryOutcome]) -> list[Record]:
         records: list[Record] = []
@@ -191,14 +197,10 @@ class Batcher:
         if self.live_topic is None or not recorded:
             return []
         recorded_at = datetime.now(UTC)
-        names: dict[str, str] = {}  # a batch repeats codes: validate each employee record once
         records: list[Record] = []
         for row in recorded:
-            code = row.punch.user_code
-            if code not in names:
-                employee = employee_from_table(self.employees, code)
-                names[code] = employee.name if employee is not None else ""
-            event = live_punch(row, names[code], recorded_at)
+            employee = self._employee_of(row.punch.user_code)
+            event = live_punch(row, employee.name if employee is not None else "", recorded_at)
             records.append((self.live_topic, row.punch.device_serial.encode(), encode(event), {}))
         return records
 
