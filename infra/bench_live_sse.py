@@ -3,10 +3,14 @@
 The client process (``python -m infra.bench_live_sse``) holds many
 readers in one event loop:
 
-* normal clients (aiohttp) record, per punch of the tap plan, the arrival time minus the tap
-  time; on ``behind`` or a closed stream they resume from the last SSE id as EventSource does;
-  the first client of each process also splits each latency into stages (received_at and
-  recorded_at of the punch);
+* normal clients (aiohttp) keep what they read raw, each chunk with its arrival time, and the
+  process parses it all once the load is over: parsing 100 streams during it made the readers
+  a quarter of the machine's CPU, taken from the pipeline under test, and stamped a chunk late
+  by the parsing of every client read before it. Afterwards, per punch of the tap plan: the
+  arrival time minus the tap time; the first client of each process also splits each latency
+  into stages (received_at and recorded_at of the punch). On ``behind`` or a closed stream a
+  client parses just that connection for its last SSE id and resumes from it, as EventSource
+  does;
 * slow clients read a few hundred bytes at a time through a tiny socket buffer, with sleeps,
   and reconnect when the server gives up on them: the load a pipeline must shrug off.
 
@@ -39,6 +43,7 @@ from monitor.sse_reader import SseParser
 
 logger = logging.getLogger(__name__)
 
+PUNCH_MARK = b"\nevent: punch\n"  # counted in raw chunks: when has a client read the whole plan?
 SLOW_READ_BYTES = 256
 SLOW_SLEEP_S = 0.2
 SLOW_RCVBUF = 4096
@@ -59,6 +64,8 @@ class Tally:
     reconnects: int = 0
     hist: Histogram = field(default_factory=Histogram)
     stages: dict[str, Histogram] = field(default_factory=lambda: {name: Histogram() for name in STAGES})
+    connections: list[list[tuple[float, bytes]]] = field(default_factory=list)  # raw: (arrival, chunk)
+    marks: int = 0  # punch events counted in the raw chunks so far (repeats included)
 
     def __post_init__(self) -> None:
         self.seen = bytearray(self.planned)
@@ -66,6 +73,11 @@ class Tally:
     @property
     def complete(self) -> bool:
         return self.received >= self.planned
+
+    @property
+    def read_enough(self) -> bool:
+        """During the load: as many punch events read as planned (the parse afterwards tells)."""
+        return self.marks >= self.planned
 
     def punch(self, index: int | None, latency_ms: float) -> bool:
         """Count one punch; True when it is a planned punch seen for the first time."""
@@ -120,31 +132,60 @@ def _event_id(data: str) -> str:
     return data[start:data.find('"', start)]
 
 
-async def normal_client(url: str, plan: Plan, tally: Tally, ready: asyncio.Event, stop: asyncio.Event) -> None:
-    """Read /events until ``stop``; resume from the last id after ``behind`` or a drop."""
+async def normal_client(url: str, tally: Tally, ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """Read /events until ``stop``, keeping each chunk raw; resume from the last id after ``behind`` or a drop."""
     last_id: str | None = None
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while not stop.is_set():
             headers = {"Last-Event-ID": last_id} if last_id else {}
+            chunks: list[tuple[float, bytes]] = []
+            tally.connections.append(chunks)
             try:
                 async with session.get(url, headers=headers) as response:
                     ready.set()
-                    parser = SseParser()
+                    tail = b""
                     async for chunk in response.content.iter_any():
-                        now = time.time()
-                        for event in parser.feed(chunk):
-                            last_id = event.id or last_id
-                            if event.type == "punch":
-                                plan.record(tally, event.data, now)
-                            elif event.type == "behind":
-                                tally.behind += 1
+                        chunks.append((time.time(), chunk))
+                        found, tail = punch_marks(tail, chunk)
+                        tally.marks += found
                         if stop.is_set():
                             return
             except (aiohttp.ClientError, OSError) as exc:
                 logger.warning("client: %s", exc)
+            last_id = last_event_id(chunks) or last_id
             tally.reconnects += 1
             await asyncio.sleep(RECONNECT_S)
+
+
+def punch_marks(tail: bytes, chunk: bytes) -> tuple[int, bytes]:
+    """Punch events whose mark ends in ``chunk`` (``tail``: what came before it), and the next tail.
+
+    The tail is one byte shorter than the mark, so a mark split across chunks counts once."""
+    data = tail + chunk
+    return data.count(PUNCH_MARK), data[1 - len(PUNCH_MARK):]
+
+
+def last_event_id(chunks: list[tuple[float, bytes]]) -> str | None:
+    """The id of the last event of one connection's chunks."""
+    parser, last = SseParser(), None
+    for _at, chunk in chunks:
+        for event in parser.feed(chunk):
+            last = event.id or last
+    return last
+
+
+def tally_connections(plan: Plan, tally: Tally) -> None:
+    """Parse what the client read, once the load is over: each punch at its chunk's arrival time."""
+    for chunks in tally.connections:
+        parser = SseParser()
+        for at, chunk in chunks:
+            for event in parser.feed(chunk):
+                if event.type == "punch":
+                    plan.record(tally, event.data, at)
+                elif event.type == "behind":
+                    tally.behind += 1
+    tally.connections = []
 
 
 async def slow_client(host: str, port: int, path: str, counts: dict[str, int], ready: asyncio.Event,
@@ -166,7 +207,7 @@ async def slow_client(host: str, port: int, path: str, counts: dict[str, int], r
                     break
                 counts["bytes"] += len(chunk)
                 counts["behind"] += (tail + chunk).count(b"event: behind")
-                tail = chunk[-16:]
+                tail = (tail + chunk)[-12:]  # shorter than the mark: never counted twice
                 await asyncio.sleep(SLOW_SLEEP_S)
             writer.close()
         except OSError as exc:
@@ -183,20 +224,22 @@ async def run_clients(url: str, plan: Plan, normal: int, slow: int) -> dict[str,
     slow_counts = [{"bytes": 0, "behind": 0, "reconnects": 0} for _ in range(slow)]
     readies = [asyncio.Event() for _ in range(normal + slow)]
     parsed = URL(url)
-    tasks = [asyncio.create_task(normal_client(url, plan, t, r, stop)) for t, r in zip(tallies, readies)]
+    tasks = [asyncio.create_task(normal_client(url, t, r, stop)) for t, r in zip(tallies, readies)]
     tasks += [asyncio.create_task(slow_client(parsed.host or "127.0.0.1", parsed.port or 80, parsed.path_qs, c, r, stop))
               for c, r in zip(slow_counts, readies[normal:])]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 120)
     print("ready", flush=True)
     told = _stdin_commands(plan)
     while time.time() < plan.deadline and not told.is_set():
-        if plan.index and tallies and all(t.complete for t in tallies):
+        if plan.index and tallies and all(t.read_enough for t in tallies):
             break
         await asyncio.sleep(0.2)
     stop.set()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for tally in tallies:
+        tally_connections(plan, tally)
     return {"clients": [t.summary() for t in tallies], "slow": slow_counts,
             "hist": {str(k): v for k, v in merge(t.hist for t in tallies).items()},
             "stages": {name: {str(k): v for k, v in tallies[0].stages[name].items()} for name in STAGES} if tallies else {}}

@@ -13,7 +13,7 @@ from infra.bench_live_plan import (
     slow_summary, sse_counters, stage_latencies, tap_schedule, throughput_ratio, uploads,
 )
 from infra.bench_live_run import _share, plan_live_run
-from infra.bench_live_sse import Plan, Tally, _event_id
+from infra.bench_live_sse import Plan, Tally, _event_id, last_event_id, punch_marks, tally_connections
 from monitor.sse_reader import SseEvent, SseParser
 from producers.adms import parse_attlog
 from schemas.punch import compute_event_id
@@ -118,6 +118,39 @@ def test_a_client_tally_counts_firsts_repeats_and_foreign_punches() -> None:
     assert tally.summary() == {"received": 2, "missing": 0, "duplicates": 1, "other": 1, "behind": 0,
                                "reconnects": 0}
     assert tally.hist == Counter({120: 1, 250: 1})
+
+
+def frames(*events: tuple[str, str, str]) -> bytes:
+    return "".join(f"id: {i}\nevent: {kind}\ndata: {data}\n\n" for i, kind, data in events).encode()
+
+
+def test_raw_chunks_are_tallied_after_the_load_each_punch_at_its_chunks_arrival() -> None:
+    plan = Plan(3)
+    plan.load([("a", 100.0), ("b", 100.1), ("c", 100.2)], deadline=200.0)
+    first = frames(("l1.s0.a0", "punch", '{"event_id": "a"}'), ("l2.s0.a0", "punch", '{"event_id": "b"}'),
+                   ("l2.s0.a0", "behind", "{}"))
+    second = frames(("l3.s0.a0", "punch", '{"event_id": "c"}'))
+    tally = Tally(len(plan))
+    # the first connection arrives in three chunks cut mid-event; the second after a reconnect
+    tally.connections = [[(100.05, first[:30]), (100.3, first[30:70]), (100.4, first[70:])], [(101.0, second)]]
+    assert last_event_id(tally.connections[0]) == "l2.s0.a0"  # where the reconnect resumes
+    tally_connections(plan, tally)
+    assert tally.complete and tally.behind == 1 and tally.connections == []
+    # "a" (tapped at 100.0) ends in the chunk read at 100.3, "b" (100.1) in the one read at 100.4,
+    # "c" (100.2) at 101.0: each counts from the chunk that completed it (whole ms, rounded down)
+    assert first.index(b'"a"}\n\n') + 6 <= 70 < first.index(b'"b"}\n\n') + 6
+    got = sorted(tally.hist.elements())
+    assert all(abs(ms - want) <= 1 for ms, want in zip(got, [300, 300, 800], strict=True)), got
+
+
+def test_punch_marks_split_across_chunks_count_once() -> None:
+    data = frames(*[(f"l{n}.s0.a0", "punch", "{}") for n in range(5)], ("x", "device", "{}"))
+    for size in (1, 3, 7, 13, 14, 15, 64, len(data)):
+        tail, total = b"", 0
+        for start in range(0, len(data), size):
+            found, tail = punch_marks(tail, data[start:start + size])
+            total += found
+        assert total == 5, size
 
 
 def test_percentiles_of_a_histogram() -> None:
