@@ -1,6 +1,6 @@
 """Recompute the timesheets a PostgreSQL batch touched, inside that batch's transaction.
 
-The staged batch says which (employee, work day) pairs it touched; every punch of those days is
+The batch's rows say which (employee, work day) pairs it touched; every punch of those days is
 read back from ``attendance_records`` (the batch's new rows included: same transaction) and the
 rules in sinks.timesheets rebuild each day whole. So a late punch, a re-enriched punch, or a
 replay recomputes exactly the days it belongs to, and a repeated batch changes nothing.
@@ -18,7 +18,6 @@ import psycopg
 from sinks.timesheets import DayPunch, Timesheet, build, work_day
 from tapstream.settings import TimesheetSettings
 
-_TOUCHED = "SELECT DISTINCT employee_id, device_time FROM attendance_stage"
 # One index range per touched (employee, work day), never an employee's whole history.
 _PUNCHES = """
 SELECT r.employee_id, r.punch_time, r.device_time, r.punch_state, r.device_tz
@@ -40,36 +39,41 @@ _DELETE = "DELETE FROM timesheets WHERE employee_id = %s AND work_day = %s"
 Key = tuple[str, date]
 
 
-def recompute(cur: psycopg.Cursor[Any], rules: TimesheetSettings,
-              also: Iterable[tuple[str, datetime]] = ()) -> int:
-    """Rebuild every timesheet the staged batch touched, and the days of ``also`` (employee,
-    device time) pairs — punches that moved to another employee; return how many were written.
-    A day left without punches loses its timesheet."""
-    pairs = [*cur.execute(_TOUCHED), *also]
-    touched = {(employee, work_day(local, rules.day_start)) for employee, local in pairs}
-    if not touched:
-        return 0
-    punches, zones = _day_punches(cur, touched, rules)
-    sheets = [(key, build(key[1], punches[key], rules.undefined_state)) for key in sorted(punches)]
-    if sheets:
-        cur.executemany(_UPSERT, [_row(key, zones[key], sheet) for key, sheet in sheets])
-    emptied = sorted(touched - punches.keys())
-    if emptied:
-        cur.executemany(_DELETE, emptied)
-    return len(sheets)
+def touched_days(rows: Iterable[tuple[str, datetime]], rules: TimesheetSettings) -> set[Key]:
+    """The (employee, work day) pairs of (employee, device time) rows."""
+    return {(employee, work_day(local, rules.day_start)) for employee, local in rows}
 
 
-def _day_punches(cur: psycopg.Cursor[Any], touched: set[Key], rules: TimesheetSettings
-                 ) -> tuple[dict[Key, list[DayPunch]], dict[Key, str]]:
-    keys = sorted(touched)
+def ask_punches(cur: psycopg.Cursor[Any], days: set[Key], rules: TimesheetSettings) -> None:
+    """Query every punch of ``days`` (in a pipeline the answer comes with the others; read it
+    with ``day_punches``)."""
+    keys = sorted(days)
     starts = [datetime.combine(day, rules.day_start) for _employee, day in keys]
+    cur.execute(_PUNCHES, ([e for e, _ in keys], starts))
+
+
+def day_punches(cur: psycopg.Cursor[Any], rules: TimesheetSettings) -> tuple[dict[Key, list[DayPunch]], dict[Key, str]]:
+    """The answer of ``ask_punches``: each day's punches, and the zone of its first punch."""
     punches: dict[Key, list[DayPunch]] = defaultdict(list)
     zones: dict[Key, str] = {}
-    for employee, at, local, state, zone in cur.execute(_PUNCHES, ([e for e, _ in keys], starts)):
+    for employee, at, local, state, zone in cur.fetchall():
         key = (employee, work_day(local, rules.day_start))
         punches[key].append(DayPunch(at, local, state))
         zones.setdefault(key, zone)
     return punches, zones
+
+
+def write_sheets(cur: psycopg.Cursor[Any], rules: TimesheetSettings, days: set[Key],
+                 punches: dict[Key, list[DayPunch]], zones: dict[Key, str]) -> int:
+    """Rebuild each of ``days`` whole from its punches; a day left without punches loses its
+    timesheet. Returns how many were written."""
+    sheets = [(key, build(key[1], punches[key], rules.undefined_state)) for key in sorted(punches)]
+    if sheets:
+        cur.executemany(_UPSERT, [_row(key, zones[key], sheet) for key, sheet in sheets])
+    emptied = sorted(days - punches.keys())
+    if emptied:
+        cur.executemany(_DELETE, emptied)
+    return len(sheets)
 
 
 def _row(key: Key, zone: str, sheet: Timesheet) -> tuple[object, ...]:

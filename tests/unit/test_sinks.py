@@ -156,6 +156,10 @@ class FakeConnection:
     def transaction(self) -> Iterator[None]:
         yield
 
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:  # statements run at once here: nothing to batch
+        yield
+
     def cursor(self) -> FakeCursor:
         return FakeCursor(self.pool)
 
