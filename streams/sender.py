@@ -33,7 +33,8 @@ class DeliveryError(TapstreamError):
 class KafkaSender:
     """An idempotent librdkafka producer whose sends are awaitable delivery futures."""
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 5, delivery_timeout_s: float = 60.0) -> None:
+    # A flush produces its records back to back and then waits for them: linger only delays it.
+    def __init__(self, bootstrap: str, *, linger_ms: int = 1, delivery_timeout_s: float = 60.0) -> None:
         self._producer = Producer({
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,  # implies acks=all, ordered, no duplicates from retries
