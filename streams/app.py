@@ -120,7 +120,10 @@ def build_app(
 
     @app.task  # type: ignore[untyped-decorator]  # faust's task decorator is untyped
     async def flush_when_idle() -> None:
-        await batcher.run()
+        try:
+            await batcher.run()
+        finally:  # a stop: the batch in confirmation is acked before Faust's last commit
+            await batcher.settle()
 
     if parked is not None:
         _wire_rematch(app, settings, Rematcher(

@@ -2,9 +2,12 @@
 
 A flush, in order: plan the batch (streams.logic), write the enriched punches to every sink
 concurrently (streams.delivery: retries until they land), send parked and quarantined records
-to their topics and every stored punch to the live feed (``attendance.live``), wait for Kafka's
-confirmation of all of them at once, remember the stored and parked event ids in the dedup
-table (``streams.logic.to_remember``), then ack.
+to their topics and every stored punch to the live feed (``attendance.live``), remember the
+stored and parked event ids in the dedup table (``streams.logic.to_remember``). Kafka's
+confirmation of the sends, and then the ack, come while the next batch is planned and
+written (``_confirm``): waiting for them held every punch behind a broker round trip. One
+batch at a time is in confirmation: the next one sends only once it is acked, so acks stay in
+offset order. A send Kafka refuses is sent again until it is taken; the batch stays unacked.
 Anything that stops a flush half-way (a crash, a stop during a sink outage) leaves the events
 unacked, so Kafka re-delivers them and the idempotent sinks absorb the repeat; the live feed
 may then show a punch twice, with the same event id (its readers de-duplicate on it).
@@ -88,6 +91,7 @@ class Batcher:
         self._by_position: dict[tuple[int, int], Any] = {}
         self._employees_now: dict[str, EmployeeRecord | None] = {}  # lookups of the current flush
         self._retry_s = 1.0
+        self._confirming: asyncio.Future[None] | None = None  # the last batch's confirmation and ack
         self._sink_names = [s.sink.name for s in self.sinks]
 
     def bind(self, stream: Any) -> None:
@@ -137,6 +141,11 @@ class Batcher:
             else:
                 self._retry_s = 1.0
 
+    async def settle(self) -> None:
+        """Wait until the last flushed batch is confirmed by Kafka and acked."""
+        if self._confirming is not None:
+            await self._confirming
+
     async def _flush(self, events: list[Any]) -> None:
         if self.ready is not None and not self.ready.ready:
             logger.info("waiting for the employee map to load before enriching")
@@ -150,20 +159,53 @@ class Batcher:
         outcomes = await asyncio.gather(*(s.deliver(plan.to_write) for s in self.sinks))
         marks.append(time.monotonic())
         recorded = stored(plan.to_write, outcomes)
-        await self._publish([*self._parked(plan, outcomes), *self._live(recorded)])
-        marks.append(time.monotonic())
+        records = [*self._parked(plan, outcomes), *self._live(recorded)]
+        await self.settle()  # the batch before is acked first: acks in offset order
+        futures = [await self.send(*record) for record in records]
         self._remember(to_remember(plan, recorded))
-        for event in events:
-            await self._stream.ack(event)
-        self.stats.note_batch(plan, outcomes, self._sink_names)
+        self._confirming = asyncio.ensure_future(self._confirm(events, plan, outcomes, records, futures, marks))
+
+    async def _confirm(self, events: list[Any], plan: BatchPlan, outcomes: Sequence[DeliveryOutcome],
+                       records: list[Record], futures: list[Any], marks: list[float]) -> None:
+        """Wait until Kafka has every record of the batch (sending refused ones again), then ack it."""
+        try:
+            await self._confirmed(records, futures)
+            marks.append(time.monotonic())
+            for event in events:
+                await self._stream.ack(event)
+            self.stats.note_batch(plan, outcomes, self._sink_names)
+        except Exception:  # a bug: the batch stays unacked, so its offsets are never committed
+            logger.exception("confirming a batch of %d failed; it stays unacked until a restart", len(events))
+            return
         marks.append(time.monotonic())
         stages = [(b - a) * 1000 for a, b in zip(marks, marks[1:])]
         logger.info(
             "batch of %d: %d written, %d duplicates, %d unmatched, %d quarantined in %.0f ms"
-            " (plan %.0f, sinks %.0f, sends %.0f, dedup+ack %.0f)",
+            " (plan %.0f, sinks %.0f, sends %.0f, ack %.0f)",
             len(events), len(plan.to_write), plan.duplicates, len(plan.unmatched),
             len(plan.quarantined), sum(stages), *stages,
         )
+
+    async def _confirmed(self, records: list[Record], futures: list[Any]) -> None:
+        delay = 1.0
+        while True:
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [(r, e) for r, e in zip(records, results, strict=True) if isinstance(e, Exception)]
+            if not failed:
+                return
+            logger.warning("Kafka did not take %d of %d records (%s); sending them again in %.0fs",
+                           len(failed), len(records), failed[0][1], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            records, futures = [r for r, _ in failed], [await self._resend(r) for r, _ in failed]
+
+    async def _resend(self, record: Record) -> Any:
+        try:
+            return await self.send(*record)
+        except Exception as exc:  # refused at once (DeliveryError): counts as failed, tried again
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
     def _already_seen(self, msg: Incoming, event_id: uuid.UUID) -> bool:
         """Seen before at another offset: a device's re-send, dropped. The same message again
@@ -203,13 +245,6 @@ class Batcher:
             event = live_punch(row, employee.name if employee is not None else "", recorded_at)
             records.append((self.live_topic, row.punch.device_serial.encode(), encode(event), {}))
         return records
-
-    async def _publish(self, records: Sequence[Record]) -> None:
-        # Each send returns a delivery future; wait for all (one produce round) before the
-        # batch may be acked, so an acked punch is never missing from its topic.
-        if records:
-            futures = [await self.send(*record) for record in records]
-            await asyncio.gather(*futures)
 
     def _remember(self, seen: Sequence[Seen]) -> None:
         for s in seen:

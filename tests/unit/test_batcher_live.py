@@ -75,11 +75,13 @@ class PickySink:
 
 
 class Kafka:
-    """Sends land in ``sent`` only when their delivery future resolves (a moment later)."""
+    """Sends land in ``sent`` only when their delivery future resolves (``delay_s`` later); the
+    first ``refuse`` sends fail (Kafka did not take them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.01, refuse: int = 0) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
         self.pending = 0
+        self.delay_s, self.refuse = delay_s, refuse
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
         loop = asyncio.get_running_loop()
@@ -88,10 +90,14 @@ class Kafka:
 
         def deliver() -> None:
             self.pending -= 1
+            if self.refuse > 0:
+                self.refuse -= 1
+                future.set_exception(RuntimeError("not leader for partition"))
+                return
             self.sent.append((topic, key, value))
             future.set_result(None)
 
-        loop.call_later(0.01, deliver)
+        loop.call_later(self.delay_s, deliver)
         return future
 
 
@@ -100,10 +106,12 @@ class Stream:
         self.kafka = kafka
         self.acked: list[int] = []
         self.pending_at_ack: list[int] = []
+        self.acked_at: list[float] = []
 
     async def ack(self, event: Event) -> None:
         self.acked.append(event.message.offset)
         self.pending_at_ack.append(self.kafka.pending)
+        self.acked_at.append(time.monotonic())
 
 
 def run_batch(punches: list[RawPunch], employees: dict[str, Any], bad: set[str], live: str | None = LIVE) -> tuple[Kafka, Stream]:
@@ -121,6 +129,7 @@ def run_batch(punches: list[RawPunch], employees: dict[str, Any], bad: set[str],
         for offset, punch in enumerate(punches):
             await batcher.add(Event(offset, punch))
         await batcher.flush()
+        await batcher.settle()
 
     try:
         asyncio.run(go())
@@ -165,14 +174,16 @@ def test_without_a_live_topic_nothing_is_published_for_stored_rows() -> None:
 
 
 class SlowSink:
-    """Takes 50 ms per batch and records each batch's size."""
+    """Takes 50 ms per batch and records each batch's size and start time."""
 
     name = "slow"
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.started: list[float] = []
 
     def write_batch(self, batch: Sequence[EnrichedPunch]) -> WriteResult:
+        self.started.append(time.monotonic())
         time.sleep(0.05)
         self.sizes.append(len(batch))
         return WriteResult(len(batch), len(batch))
@@ -181,9 +192,10 @@ class SlowSink:
         pass
 
 
-def slow_batcher(batch_max: int, batch_within_s: float) -> tuple[Batcher, SinkRunner, SlowSink, Stream]:
+def slow_batcher(batch_max: int, batch_within_s: float, kafka: Kafka | None = None
+                 ) -> tuple[Batcher, SinkRunner, SlowSink, Stream]:
     """A batcher over one SlowSink, with a live topic; the caller stops the runner."""
-    kafka, sink = Kafka(), SlowSink()
+    kafka, sink = kafka or Kafka(), SlowSink()
     stream = Stream(kafka)
     runner = SinkRunner(sink, Backoff(0.001, 0.002))
     batcher = Batcher(
@@ -239,3 +251,46 @@ def test_a_full_buffer_holds_the_agent_until_the_flusher_takes_it() -> None:
         runner.stop()
     assert sum(sink.sizes) == 7 and max(sink.sizes) <= 3
     assert stream.acked == list(range(7))
+
+
+def test_the_next_batch_is_written_while_kafka_confirms_the_last_and_acks_stay_in_order() -> None:
+    punches = [enriched(n, user_code="1").punch for n in range(6)]
+    batcher, runner, sink, stream = slow_batcher(batch_max=10, batch_within_s=0, kafka=Kafka(delay_s=0.08))
+
+    async def go() -> None:
+        for offset in range(3):
+            await batcher.add(Event(offset, punches[offset]))
+        await batcher.flush()  # stored and sent; Kafka confirms 80 ms later
+        assert stream.acked == []
+        for offset in range(3, 6):
+            await batcher.add(Event(offset, punches[offset]))
+        await batcher.flush()
+        await batcher.settle()
+
+    try:
+        asyncio.run(go())
+    finally:
+        runner.stop()
+    assert sink.sizes == [3, 3]
+    assert sink.started[1] < stream.acked_at[0]  # the second batch was written before the first was acked
+    assert stream.acked == list(range(6)) and set(stream.pending_at_ack) == {0}
+    assert len(stream.kafka.sent) == 6  # one live record per punch
+
+
+def test_a_send_kafka_refused_is_sent_again_and_the_batch_acked_only_then() -> None:
+    punches = [enriched(n, user_code="1").punch for n in range(3)]
+    kafka = Kafka(delay_s=0.001, refuse=2)
+    batcher, runner, _sink, stream = slow_batcher(batch_max=10, batch_within_s=0, kafka=kafka)
+
+    async def go() -> None:
+        for offset in range(3):
+            await batcher.add(Event(offset, punches[offset]))
+        await batcher.flush()
+        await batcher.settle()
+
+    try:
+        asyncio.run(go())
+    finally:
+        runner.stop()
+    assert sorted(decode(LivePunch, v).event_id for _, _, v in kafka.sent) == sorted(p.event_id for p in punches)
+    assert stream.acked == [0, 1, 2] and set(stream.pending_at_ack) == {0}
