@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,18 +124,29 @@ def run_batch(punches: list[RawPunch], employees: dict[str, Any], bad: set[str],
         live_topic=live,
     )
     batcher.bind(stream)
+    flush_batches(batcher, runner, [punches])
+    return kafka, stream
 
+
+def flush_batches(batcher: Batcher, runner: SinkRunner, batches: list[list[RawPunch]],
+                  after_first: Callable[[], None] = lambda: None) -> None:
+    """Add and flush each batch in turn (``after_first`` looks in after the first flush), then
+    wait for the last confirmation; stops the runner."""
     async def go() -> None:
-        for offset, punch in enumerate(punches):
-            await batcher.add(Event(offset, punch))
-        await batcher.flush()
+        offset = 0
+        for n, batch in enumerate(batches):
+            for punch in batch:
+                await batcher.add(Event(offset, punch))
+                offset += 1
+            await batcher.flush()
+            if n == 0:
+                after_first()
         await batcher.settle()
 
     try:
         asyncio.run(go())
     finally:
         runner.stop()
-    return kafka, stream
 
 
 def table(*records: EmployeeRecord) -> dict[str, Any]:
@@ -257,20 +268,10 @@ def test_the_next_batch_is_written_while_kafka_confirms_the_last_and_acks_stay_i
     punches = [enriched(n, user_code="1").punch for n in range(6)]
     batcher, runner, sink, stream = slow_batcher(batch_max=10, batch_within_s=0, kafka=Kafka(delay_s=0.08))
 
-    async def go() -> None:
-        for offset in range(3):
-            await batcher.add(Event(offset, punches[offset]))
-        await batcher.flush()  # stored and sent; Kafka confirms 80 ms later
+    def nothing_acked_yet() -> None:  # the first batch is stored and sent; Kafka confirms 80 ms later
         assert stream.acked == []
-        for offset in range(3, 6):
-            await batcher.add(Event(offset, punches[offset]))
-        await batcher.flush()
-        await batcher.settle()
 
-    try:
-        asyncio.run(go())
-    finally:
-        runner.stop()
+    flush_batches(batcher, runner, [punches[:3], punches[3:]], after_first=nothing_acked_yet)
     assert sink.sizes == [3, 3]
     assert sink.started[1] < stream.acked_at[0]  # the second batch was written before the first was acked
     assert stream.acked == list(range(6)) and set(stream.pending_at_ack) == {0}
@@ -281,16 +282,6 @@ def test_a_send_kafka_refused_is_sent_again_and_the_batch_acked_only_then() -> N
     punches = [enriched(n, user_code="1").punch for n in range(3)]
     kafka = Kafka(delay_s=0.001, refuse=2)
     batcher, runner, _sink, stream = slow_batcher(batch_max=10, batch_within_s=0, kafka=kafka)
-
-    async def go() -> None:
-        for offset in range(3):
-            await batcher.add(Event(offset, punches[offset]))
-        await batcher.flush()
-        await batcher.settle()
-
-    try:
-        asyncio.run(go())
-    finally:
-        runner.stop()
+    flush_batches(batcher, runner, [punches])
     assert sorted(decode(LivePunch, v).event_id for _, _, v in kafka.sent) == sorted(p.event_id for p in punches)
     assert stream.acked == [0, 1, 2] and set(stream.pending_at_ack) == {0}
