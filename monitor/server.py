@@ -30,6 +30,7 @@ from monitor.views import DeviceBoard
 from producers.registry import Registry, postgres_loader
 from tapstream.errors import first_line
 from tapstream.metrics import aiohttp_handler, new_registry
+from tapstream.heap import freeze_startup_heap
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ async def run_monitor(settings: Settings, stop: asyncio.Event | None = None) -> 
         loop.add_signal_handler(sig, stop.set)
     try:
         await monitor.start()
+        freeze_startup_heap("monitor")
         await stop.wait()
         logger.info("stopping the monitor")
     finally:

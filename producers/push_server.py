@@ -34,6 +34,7 @@ from schemas.codec import encode
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from tapstream.errors import SpoolError
 from tapstream.metrics import aiohttp_handler, collect_with, new_registry
+from tapstream.heap import freeze_startup_heap
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -385,6 +386,7 @@ async def _serve(app: web.Application, settings: Settings, stop: asyncio.Event) 
     try:
         await web.TCPSite(runner, settings.push.host, settings.push.port).start()
         logger.info("push endpoint listening on %s:%d", settings.push.host, settings.push.port)
+        freeze_startup_heap("push endpoint")
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

@@ -39,6 +39,7 @@ from streams.faust_tuning import tune_faust
 from streams.rematch import Rematcher
 from streams.sender import KafkaSender
 from streams.stats import WorkerStats
+from tapstream.heap import freeze_startup_heap
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ def build_app(
         batcher.bind(manual)
         async for event in manual.events():
             await batcher.add(event)
+
+    @app.task  # type: ignore[untyped-decorator]  # faust's task decorator is untyped
+    async def freeze_when_loaded() -> None:
+        await employees_loaded.wait()  # the map is part of the long-lived heap
+        freeze_startup_heap("worker")
 
     @app.task  # type: ignore[untyped-decorator]  # faust's task decorator is untyped
     async def flush_when_idle() -> None:
