@@ -44,6 +44,7 @@ from tapstream.settings import Settings
 logger = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0  # how often the raw topic's consumer lag is read: a few small Kafka requests
+STATS_SAVE_S = 0.2  # the stats file trails the counters by at most this much
 
 
 def stats_path(settings: Settings) -> Any:
@@ -217,7 +218,7 @@ def _watch_lag(settings: Settings, metrics: WorkerMetrics, done: threading.Event
 def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> None:
     """Run until SIGINT/SIGTERM (or until idle, if exit_when_idle_s is given)."""
     metrics, stop_metrics = start_metrics(settings)
-    stats = WorkerStats(path=stats_path(settings), metrics=metrics)
+    stats = WorkerStats(path=stats_path(settings), metrics=metrics, save_every_s=STATS_SAVE_S)
     stats.save()
     backoff = Backoff(settings.worker.retry_initial_s, settings.worker.retry_max_s)
     wait_for_topics(settings, backoff)

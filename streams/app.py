@@ -119,6 +119,11 @@ def build_app(
         async for event in manual.events():
             await batcher.add(event)
 
+    if stats.save_every_s > 0:
+        @app.timer(interval=stats.save_every_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
+        async def save_stats() -> None:
+            stats.save_held()
+
     @app.task  # type: ignore[untyped-decorator]  # faust's task decorator is untyped
     async def freeze_when_loaded() -> None:
         await employees_loaded.wait()  # the map is part of the long-lived heap

@@ -7,14 +7,17 @@ once batches grew to hundreds (docs/benchmarks.md, "Confirmation at the final co
 
 ``send`` returns an asyncio future resolved when Kafka has the record (acks=all, idempotent),
 or failed with ``DeliveryError``: the batcher waits for every future of a batch before it
-acks, so a record Kafka did not take keeps its batch unacked, to be retried.
+acks, so a record Kafka did not take keeps its batch unacked, to be retried. The futures a
+poll settles reach the event loop together, in one wake-up (one per record was 7% of it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+from collections import deque
 
 from confluent_kafka import KafkaException, Producer
 
@@ -45,6 +48,7 @@ class KafkaSender:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="worker-sender", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._settled: deque[tuple[asyncio.Future[None], str, object]] = deque()  # reports not yet on the loop
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> asyncio.Future[None]:
         """Queue one record; the returned future resolves once Kafka has it."""
@@ -52,8 +56,8 @@ class KafkaSender:
         future: asyncio.Future[None] = loop.create_future()
         future.add_done_callback(_retrieve)  # a caller that never awaits it (rematch) logs nothing
 
-        def delivered(err: object, _msg: object) -> None:
-            loop.call_soon_threadsafe(_settle, future, topic, err)
+        def delivered(err: object, _msg: object) -> None:  # on the thread polling librdkafka
+            self._settled.append((future, topic, err))
 
         while True:
             try:
@@ -67,6 +71,8 @@ class KafkaSender:
     def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued (up to ``timeout_s``), then stop the delivery thread."""
         left = self._producer.flush(timeout_s)
+        with contextlib.suppress(RuntimeError):  # the loop may be closed: nobody waits any more
+            self._hand_over()
         if left:
             logger.warning("%d record(s) not confirmed by Kafka at stop; their batches stay unacked", left)
         self._stop.set()
@@ -82,15 +88,24 @@ class KafkaSender:
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(POLL_S)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        settled = []
+        while self._settled:
+            settled.append(self._settled.popleft())
+        if settled and self._loop is not None:
+            self._loop.call_soon_threadsafe(_settle_all, settled)
 
 
-def _settle(future: asyncio.Future[None], topic: str, err: object) -> None:
-    if future.done():
-        return
-    if err is None:
-        future.set_result(None)
-    else:
-        future.set_exception(DeliveryError(f"Kafka did not take a record for {topic}: {err}"))
+def _settle_all(settled: list[tuple[asyncio.Future[None], str, object]]) -> None:
+    for future, topic, err in settled:
+        if future.done():
+            continue
+        if err is None:
+            future.set_result(None)
+        else:
+            future.set_exception(DeliveryError(f"Kafka did not take a record for {topic}: {err}"))
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

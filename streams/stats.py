@@ -1,4 +1,5 @@
-"""Worker counters, kept in memory and written to a small JSON file after every batch.
+"""Worker counters, kept in memory and written to a small JSON file after each batch (at most
+every ``save_every_s``: at 30 batches a second the writes were 5% of the event loop).
 
 The file lets other processes (the demo, the benchmark, `stack status`) see progress without
 touching the worker's embedded ClickHouse store, which only its owner process may open.
@@ -107,6 +108,9 @@ class WorkerStats:
     first_event_at: float | None = None
     last_event_at: float | None = None
     last_flush_at: float | None = None
+    save_every_s: float = field(default=0.0, repr=False, compare=False)  # 0: after every batch
+    _saved_at: float = field(default=float("-inf"), init=False, repr=False, compare=False)
+    _held: bool = field(default=False, init=False, repr=False, compare=False)  # a save is due
 
     def note_consumed(self) -> None:
         now = time.time()
@@ -137,11 +141,19 @@ class WorkerStats:
         self.last_flush_at = time.time()
         if self.metrics is not None:
             self.metrics.batch(plan, outcomes, sinks)
-        self.save()
+        if time.monotonic() - self._saved_at >= self.save_every_s:
+            self.save()
+        else:
+            self._held = True
+
+    def save_held(self) -> None:
+        """Write the counters a throttled batch did not (call every ``save_every_s``)."""
+        if self._held:
+            self.save()
 
     def as_dict(self) -> dict[str, Any]:
         """The counters (copies), without the file path and the metrics."""
-        skip = ("path", "metrics")
+        skip = ("path", "metrics", "save_every_s", "_saved_at", "_held")
         return {f.name: _copy(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
 
     def save(self) -> None:
@@ -151,6 +163,7 @@ class WorkerStats:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.as_dict(), sort_keys=True), encoding="utf-8")
         os.replace(tmp, self.path)  # atomic: readers never see half a file
+        self._saved_at, self._held = time.monotonic(), False
 
 
 def read_stats(path: Path) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from producers.push_server import make_app
 from schemas.quarantine import Reason, Stage, quarantine
 from streams.delivery import DeliveryOutcome
 from streams.logic import BatchPlan
-from streams.stats import WorkerMetrics, WorkerStats
+from streams.stats import WorkerMetrics, WorkerStats, read_stats
 from tapstream.errors import PermanentSinkError
 from tapstream.metrics import collect_with, exposition, family, new_registry, serve
 from tapstream.settings import KafkaSettings, Settings
@@ -226,3 +226,19 @@ def test_the_lag_probe_survives_kafka_away_and_warns_once(caplog: pytest.LogCapt
             probe.join(5)
     assert not probe.is_alive()
     assert sum("consumer lag" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_throttled_stats_file_holds_back_saves_and_writes_them_when_due(tmp_path: Path) -> None:
+    path = tmp_path / "stats.json"
+    stats = WorkerStats(path=path, save_every_s=3600)
+    stats.note_batch(BatchPlan(duplicates=1), [], [])  # the first batch is saved at once
+    assert read_stats(path)["duplicates"] == 1  # type: ignore[index]
+    stats.note_batch(BatchPlan(duplicates=2), [], [])  # within the interval: held back
+    assert read_stats(path)["duplicates"] == 1  # type: ignore[index]
+    stats.save_held()
+    saved = read_stats(path)
+    assert saved is not None and saved["duplicates"] == 3 and "save_every_s" not in saved
+    stats.save_held()  # nothing held: no write
+    path.unlink()
+    stats.save_held()
+    assert not path.exists()
