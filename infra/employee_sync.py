@@ -63,18 +63,32 @@ def read_table(dsn: str) -> dict[str, EmployeeRecord]:
             for r in rows}
 
 
+class TopicMirror:
+    """The latest record (None = tombstone) per code of the employees topic, kept by reading
+    only what was written since the last ``refresh``: the worker syncs every 30 s, and reading
+    and decoding the whole topic each time stalled its event loop and sinks for up to 0.7 s."""
+
+    def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
+        self._tail = TopicTail(bootstrap, topic, timeout_s)
+        self.latest: dict[str, EmployeeRecord | None] = {}
+
+    def refresh(self) -> dict[str, EmployeeRecord | None]:
+        for key, value in self._tail.read_new():
+            code = (key or b"").decode("utf-8", "replace")
+            self.latest[code] = decode_or_none(EmployeeRecord, value, f"employees topic: record for {code!r} (will be replaced)")
+        return self.latest
+
+    def close(self) -> None:
+        self._tail.close()
+
+
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, EmployeeRecord | None]:
     """The latest record (None = tombstone) per code, reading the topic up to its current end."""
-    tail = TopicTail(bootstrap, topic, timeout_s)
+    mirror = TopicMirror(bootstrap, topic, timeout_s)
     try:
-        records = tail.read_new()
+        return mirror.refresh()
     finally:
-        tail.close()
-    latest: dict[str, EmployeeRecord | None] = {}
-    for key, value in records:
-        code = (key or b"").decode("utf-8", "replace")
-        latest[code] = decode_or_none(EmployeeRecord, value, f"employees topic: record for {code!r} (will be replaced)")
-    return latest
+        mirror.close()
 
 
 def publish_tombstones(bootstrap: str, topic: str, codes: list[str], timeout_s: float = 30.0) -> int:
@@ -87,9 +101,12 @@ def publish_tombstones(bootstrap: str, topic: str, codes: list[str], timeout_s: 
     return len(codes)
 
 
-def sync_employees(dsn: str, bootstrap: str, topic: str, *, empty_table_deletes: bool = True) -> SyncPlan:
-    """Publish the difference between the table and the topic; return what was published."""
-    plan = plan_sync(read_table(dsn), read_topic(bootstrap, topic), empty_table_deletes=empty_table_deletes)
+def sync_employees(dsn: str, bootstrap: str, topic: str, *, empty_table_deletes: bool = True,
+                   mirror: TopicMirror | None = None) -> SyncPlan:
+    """Publish the difference between the table and the topic; return what was published.
+    ``mirror``: the topic as a running process keeps it (else the topic is read whole)."""
+    current = mirror.refresh() if mirror is not None else read_topic(bootstrap, topic)
+    plan = plan_sync(read_table(dsn), current, empty_table_deletes=empty_table_deletes)
     if plan.upserts:
         publish_employees(bootstrap, topic, plan.upserts)
     if plan.deletes:

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 from faust.worker import Worker
 from psycopg_pool import ConnectionPool
 
-from infra.employee_sync import sync_employees
+from infra.employee_sync import TopicMirror, sync_employees
 from infra.kafka import answers_metadata
 from infra.migrate import migrate_clickhouse, migrate_postgres
 from infra.report_server import start_report_server
@@ -37,7 +37,7 @@ from streams.catchup import start_positions
 from streams.delivery import Backoff, SinkRunner
 from streams.ledger import Ledger
 from streams.stats import WorkerMetrics, WorkerStats
-from tapstream.errors import ConfigError, TransientSinkError
+from tapstream.errors import ConfigError, TapstreamError, TransientSinkError
 from tapstream.metrics import new_registry, serve
 from tapstream.settings import Settings
 
@@ -163,17 +163,26 @@ def open_postgres_duties(settings: Settings) -> ConnectionPool | None:
     ), backoff)
 
 
-def _sync_employees_while_running(app: faust.App, settings: Settings) -> None:
-    """Publish HR's edits of the Postgres employees table to the topic every employee_sync_s."""
+def _sync_employees_while_running(app: faust.App, settings: Settings) -> TopicMirror:
+    """Publish HR's edits of the Postgres employees table to the topic every employee_sync_s;
+    returns the topic's mirror, for the caller to close."""
     every = settings.worker.employee_sync_s
+    mirror = TopicMirror(settings.kafka.bootstrap, settings.topics.employees)
+    try:
+        mirror.refresh()  # the whole topic once, at startup rather than in the middle of the load
+    except TapstreamError as exc:  # the first sync reads it instead
+        logger.warning("cannot read %s yet: %s", settings.topics.employees, exc)
 
     @app.timer(interval=every)  # type: ignore[untyped-decorator]  # faust's timer is untyped
     async def employee_sync() -> None:
         args = (settings.postgres.effective_dsn(), settings.kafka.bootstrap, settings.topics.employees)
+        sync = partial(sync_employees, *args, empty_table_deletes=False, mirror=mirror)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, partial(sync_employees, *args, empty_table_deletes=False))
+            await asyncio.get_running_loop().run_in_executor(None, sync)
         except Exception as exc:  # Postgres or Kafka away: the next round tries again
             logger.warning("employee sync failed, retrying in %.0fs: %s", every, exc)
+
+    return mirror
 
 
 def start_metrics(settings: Settings, *, lag_interval_s: float = LAG_INTERVAL_S) -> tuple[WorkerMetrics, Callable[[], None]]:
@@ -226,8 +235,9 @@ def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> Non
     duties = open_postgres_duties(settings)
     app = build_app(settings, runners, stats, parked=duties)
     ledger = Ledger(settings, duties, backoff) if duties is not None else None
+    mirror = None
     if duties is not None and settings.worker.employee_sync_s > 0:
-        _sync_employees_while_running(app, settings)
+        mirror = _sync_employees_while_running(app, settings)
     if exit_when_idle_s is not None:
         _exit_when_idle(app, stats, exit_when_idle_s)
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
@@ -238,6 +248,8 @@ def run_worker(settings: Settings, exit_when_idle_s: float | None = None) -> Non
         worker.execute_from_commandline()
     finally:
         app.tapstream_sender.close()  # type: ignore[attr-defined]  # set by build_app
+        if mirror is not None:
+            mirror.close()
         if ledger is not None:
             ledger.stop()
         reports.close()  # before the sinks: its queries run on the ClickHouse sink's thread

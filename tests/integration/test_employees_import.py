@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.employee_sync import read_table, sync_employees
+from infra.employee_sync import TopicMirror, read_table, sync_employees
 from infra.employee_sync import read_topic as sync_read_topic
 from infra.employees import import_employees
 from schemas.codec import decode
@@ -85,3 +85,25 @@ def test_sync_publishes_what_hr_changed_in_postgres_and_nothing_twice(
     assert latest == {**read_table(pg_schema.dsn), "1002": None}  # the topic now says what the table says
     again = sync_employees(pg_schema.dsn, kafka_bootstrap, topic)
     assert again.upserts == [] and again.deletes == []
+
+
+def test_a_kept_mirror_follows_the_topic_and_syncs_like_a_fresh_read(
+    tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]
+) -> None:
+    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
+    path = tmp_path / "employees.csv"
+    path.write_text(CSV, encoding="utf-8")
+    import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    mirror = TopicMirror(kafka_bootstrap, topic)
+    try:
+        assert set(mirror.refresh()) == {"1001", "1002"}
+        with psycopg.connect(pg_schema.dsn) as conn:  # HR edits the table while the worker runs
+            conn.execute("DELETE FROM employees WHERE attendance_code = '1002'")
+            conn.execute("INSERT INTO employees (attendance_code, employee_id, name) VALUES ('1003', 'E-3', 'Cy')")
+        first = sync_employees(pg_schema.dsn, kafka_bootstrap, topic, mirror=mirror)
+        assert [r.attendance_code for r in first.upserts] == ["1003"] and first.deletes == ["1002"]
+        again = sync_employees(pg_schema.dsn, kafka_bootstrap, topic, mirror=mirror)  # reads its own writes
+        assert again.upserts == [] and again.deletes == []
+        assert mirror.latest == sync_read_topic(kafka_bootstrap, topic) == {**read_table(pg_schema.dsn), "1002": None}
+    finally:
+        mirror.close()
