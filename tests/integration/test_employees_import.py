@@ -35,6 +35,15 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[str, EmployeeRecord]]:
         consumer.close()
 
 
+def imported(tmp_path: Path, dsn: str, bootstrap: str, fresh_topic: Callable[..., str]) -> str:
+    """A fresh compacted topic, with CSV imported into it and into the schema's table."""
+    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
+    path = tmp_path / "employees.csv"
+    path.write_text(CSV, encoding="utf-8")
+    import_employees(path, dsn=dsn, bootstrap=bootstrap, topic=topic)
+    return topic
+
+
 def test_import_lands_in_postgres_and_the_topic_and_is_idempotent(
     tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]
 ) -> None:
@@ -57,10 +66,8 @@ def test_import_lands_in_postgres_and_the_topic_and_is_idempotent(
 
 
 def test_a_changed_row_updates_postgres(tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]) -> None:
-    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
+    topic = imported(tmp_path, pg_schema.dsn, kafka_bootstrap, fresh_topic)
     path = tmp_path / "employees.csv"
-    path.write_text(CSV, encoding="utf-8")
-    import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
     path.write_text(CSV.replace("E-2,Bo,Office", "E-2,Bo,Plant"), encoding="utf-8")
     result = import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
     assert result.postgres_changed == 1
@@ -71,10 +78,7 @@ def test_a_changed_row_updates_postgres(tmp_path: Path, pg_schema: PgSchema, kaf
 def test_sync_publishes_what_hr_changed_in_postgres_and_nothing_twice(
     tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]
 ) -> None:
-    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
-    path = tmp_path / "employees.csv"
-    path.write_text(CSV, encoding="utf-8")
-    import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    topic = imported(tmp_path, pg_schema.dsn, kafka_bootstrap, fresh_topic)
     with psycopg.connect(pg_schema.dsn) as conn:  # HR edits the table directly
         conn.execute("UPDATE employees SET employee_id = 'E-1b', active = false WHERE attendance_code = '1001'")
         conn.execute("DELETE FROM employees WHERE attendance_code = '1002'")
@@ -90,10 +94,7 @@ def test_sync_publishes_what_hr_changed_in_postgres_and_nothing_twice(
 def test_a_kept_mirror_follows_the_topic_and_syncs_like_a_fresh_read(
     tmp_path: Path, pg_schema: PgSchema, kafka_bootstrap: str, fresh_topic: Callable[..., str]
 ) -> None:
-    topic = fresh_topic(partitions=1, config={"cleanup.policy": "compact"})
-    path = tmp_path / "employees.csv"
-    path.write_text(CSV, encoding="utf-8")
-    import_employees(path, dsn=pg_schema.dsn, bootstrap=kafka_bootstrap, topic=topic)
+    topic = imported(tmp_path, pg_schema.dsn, kafka_bootstrap, fresh_topic)
     mirror = TopicMirror(kafka_bootstrap, topic)
     try:
         assert set(mirror.refresh()) == {"1001", "1002"}
