@@ -18,10 +18,9 @@ import psycopg
 from confluent_kafka import Producer
 
 from infra.employees import publish_employees
-from schemas.codec import decode_or_none
 from schemas.employee import EmployeeRecord
 from tapstream.errors import TapstreamError
-from tapstream.topic_tail import TopicTail
+from tapstream.topic_tail import LatestByKey
 
 logger = logging.getLogger(__name__)
 
@@ -63,23 +62,13 @@ def read_table(dsn: str) -> dict[str, EmployeeRecord]:
             for r in rows}
 
 
-class TopicMirror:
-    """The latest record (None = tombstone) per code of the employees topic, kept by reading
-    only what was written since the last ``refresh``: the worker syncs every 30 s, and reading
-    and decoding the whole topic each time stalled its event loop and sinks for up to 0.7 s."""
+class TopicMirror(LatestByKey[EmployeeRecord]):
+    """The employees topic as a running process keeps it: the worker syncs every 30 s, and
+    reading and decoding the whole topic each time stalled its event loop and sinks for up to
+    0.7 s."""
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float = 30.0) -> None:
-        self._tail = TopicTail(bootstrap, topic, timeout_s)
-        self.latest: dict[str, EmployeeRecord | None] = {}
-
-    def refresh(self) -> dict[str, EmployeeRecord | None]:
-        for key, value in self._tail.read_new():
-            code = (key or b"").decode("utf-8", "replace")
-            self.latest[code] = decode_or_none(EmployeeRecord, value, f"employees topic: record for {code!r} (will be replaced)")
-        return self.latest
-
-    def close(self) -> None:
-        self._tail.close()
+        super().__init__(bootstrap, topic, EmployeeRecord, timeout_s)
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[str, EmployeeRecord | None]:

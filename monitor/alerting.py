@@ -29,7 +29,7 @@ from schemas.codec import decode_or_none, encode
 from schemas.device_status import DeviceStatus
 from tapstream.errors import TapstreamError, first_line
 from tapstream.settings import Settings
-from tapstream.topic_tail import TopicTail
+from tapstream.topic_tail import LatestByKey, TopicTail
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +46,14 @@ class LatestStatuses:
     """The latest DeviceStatus per serial of the compacted device-status topic, kept current."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._tail = TopicTail(bootstrap, topic, READ_TIMEOUT_S)
-        self._topic = topic
-        self._latest: dict[str, DeviceStatus] = {}
+        self._latest = LatestByKey(bootstrap, topic, DeviceStatus, READ_TIMEOUT_S)
 
     def __call__(self) -> dict[str, DeviceStatus]:
-        for key, value in self._tail.read_new():
-            serial = (key or b"").decode("utf-8", "replace")
-            status = decode_or_none(DeviceStatus, value, self._topic)
-            if status is None:  # a tombstone: the device is gone
-                self._latest.pop(serial, None)
-            else:
-                self._latest[status.device_serial] = status
-        return dict(self._latest)
+        # a tombstone (None): the device is gone
+        return {s.device_serial: s for s in self._latest.refresh().values() if s is not None}
 
     def close(self) -> None:
-        self._tail.close()
+        self._latest.close()
 
 
 def read_alerts(bootstrap: str, topic: str) -> list[Alert]:
