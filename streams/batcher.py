@@ -161,7 +161,7 @@ class Batcher:
         recorded = stored(plan.to_write, outcomes)
         records = [*self._parked(plan, outcomes), *self._live(recorded)]
         await self.settle()  # the batch before is acked first: acks in offset order
-        futures = [await self.send(*record) for record in records]
+        futures = [await self._send(record) for record in records]
         self._remember(to_remember(plan, recorded))
         self._confirming = asyncio.ensure_future(self._confirm(events, plan, outcomes, records, futures, marks))
 
@@ -197,12 +197,14 @@ class Batcher:
                            len(failed), len(records), failed[0][1], delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-            records, futures = [r for r, _ in failed], [await self._resend(r) for r, _ in failed]
+            records, futures = [r for r, _ in failed], [await self._send(r) for r, _ in failed]
 
-    async def _resend(self, record: Record) -> Any:
+    async def _send(self, record: Record) -> Any:
+        """The record's delivery future; a send refused at once (DeliveryError) is a failed
+        future, sent again by ``_confirmed`` like one Kafka refused later."""
         try:
             return await self.send(*record)
-        except Exception as exc:  # refused at once (DeliveryError): counts as failed, tried again
+        except Exception as exc:
             failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             return failed
