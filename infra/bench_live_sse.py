@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,12 @@ import aiohttp
 from yarl import URL
 
 from infra.bench_live_plan import STAGES, Histogram, merge, stage_latencies
-from monitor.sse_reader import SseParser
+from monitor.sse_reader import SseEvent, SseParser
 
 logger = logging.getLogger(__name__)
 
 PUNCH_MARK = b"\nevent: punch\n"  # counted in raw chunks: when has a client read the whole plan?
+BEHIND_MARK = b"event: behind"
 SLOW_READ_BYTES = 256
 SLOW_SLEEP_S = 0.2
 SLOW_RCVBUF = 4096
@@ -147,7 +149,7 @@ async def normal_client(url: str, tally: Tally, ready: asyncio.Event, stop: asyn
                     tail = b""
                     async for chunk in response.content.iter_any():
                         chunks.append((time.time(), chunk))
-                        found, tail = punch_marks(tail, chunk)
+                        found, tail = count_marks(PUNCH_MARK, tail, chunk)
                         tally.marks += found
                         if stop.is_set():
                             return
@@ -158,33 +160,38 @@ async def normal_client(url: str, tally: Tally, ready: asyncio.Event, stop: asyn
             await asyncio.sleep(RECONNECT_S)
 
 
-def punch_marks(tail: bytes, chunk: bytes) -> tuple[int, bytes]:
-    """Punch events whose mark ends in ``chunk`` (``tail``: what came before it), and the next tail.
+def count_marks(mark: bytes, tail: bytes, chunk: bytes) -> tuple[int, bytes]:
+    """How many ``mark``s end in ``chunk`` (``tail``: what came before it), and the next tail.
 
     The tail is one byte shorter than the mark, so a mark split across chunks counts once."""
     data = tail + chunk
-    return data.count(PUNCH_MARK), data[1 - len(PUNCH_MARK):]
+    return data.count(mark), data[1 - len(mark):]
+
+
+def connection_events(chunks: list[tuple[float, bytes]]) -> Iterator[tuple[float, SseEvent]]:
+    """The events of one connection's raw chunks, each with the arrival of the chunk that completed it."""
+    parser = SseParser()
+    for at, chunk in chunks:
+        for event in parser.feed(chunk):
+            yield at, event
 
 
 def last_event_id(chunks: list[tuple[float, bytes]]) -> str | None:
     """The id of the last event of one connection's chunks."""
-    parser, last = SseParser(), None
-    for _at, chunk in chunks:
-        for event in parser.feed(chunk):
-            last = event.id or last
+    last = None
+    for _at, event in connection_events(chunks):
+        last = event.id or last
     return last
 
 
 def tally_connections(plan: Plan, tally: Tally) -> None:
     """Parse what the client read, once the load is over: each punch at its chunk's arrival time."""
     for chunks in tally.connections:
-        parser = SseParser()
-        for at, chunk in chunks:
-            for event in parser.feed(chunk):
-                if event.type == "punch":
-                    plan.record(tally, event.data, at)
-                elif event.type == "behind":
-                    tally.behind += 1
+        for at, event in connection_events(chunks):
+            if event.type == "punch":
+                plan.record(tally, event.data, at)
+            elif event.type == "behind":
+                tally.behind += 1
     tally.connections = []
 
 
@@ -206,8 +213,8 @@ async def slow_client(host: str, port: int, path: str, counts: dict[str, int], r
                 if not chunk:
                     break
                 counts["bytes"] += len(chunk)
-                counts["behind"] += (tail + chunk).count(b"event: behind")
-                tail = (tail + chunk)[-12:]  # shorter than the mark: never counted twice
+                found, tail = count_marks(BEHIND_MARK, tail, chunk)
+                counts["behind"] += found
                 await asyncio.sleep(SLOW_SLEEP_S)
             writer.close()
         except OSError as exc:

@@ -13,7 +13,7 @@ from infra.bench_live_plan import (
     slow_summary, sse_counters, stage_latencies, tap_schedule, throughput_ratio, uploads,
 )
 from infra.bench_live_run import _share, plan_live_run
-from infra.bench_live_sse import Plan, Tally, _event_id, last_event_id, punch_marks, tally_connections
+from infra.bench_live_sse import PUNCH_MARK, Plan, Tally, _event_id, count_marks, last_event_id, tally_connections
 from monitor.sse_reader import SseEvent, SseParser
 from producers.adms import parse_attlog
 from schemas.punch import compute_event_id
@@ -148,7 +148,7 @@ def test_punch_marks_split_across_chunks_count_once() -> None:
     for size in (1, 3, 7, 13, 14, 15, 64, len(data)):
         tail, total = b"", 0
         for start in range(0, len(data), size):
-            found, tail = punch_marks(tail, data[start:start + size])
+            found, tail = count_marks(PUNCH_MARK, tail, data[start:start + size])
             total += found
         assert total == 5, size
 
