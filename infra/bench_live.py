@@ -41,10 +41,10 @@ from infra.bench_live_plan import (
 from infra.bench_live_run import (
     CpuWindow, LiveRun, Readers, monitor_sse, plan_live_run, start_monitor, write_plan,
 )
-from monitor.sse_reader import SseParser
 from infra.bench_run import Say, check_services, cleanup, prepare
 from infra.employees import publish_employees
 from infra.harness import TapstreamProcess, free_port, wait_http
+from monitor.sse_reader import SseParser
 from producers.registry import add_device
 from tapstream.errors import TapstreamError
 from tapstream.settings import Settings

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from monitor.sse_reader import SseParser
 from infra.harness import TapstreamProcess, free_port, wait_http
+from monitor.sse_reader import SseParser
 
 READ_TIMEOUT_S = 60.0  # the monitor sends a keepalive every 15 s: silence this long is a fault
 

@@ -29,8 +29,8 @@ from monitor.sse import stream_events
 from monitor.views import DeviceBoard
 from producers.registry import Registry, postgres_loader
 from tapstream.errors import first_line
-from tapstream.metrics import aiohttp_handler, new_registry
 from tapstream.heap import freeze_startup_heap
+from tapstream.metrics import aiohttp_handler, new_registry
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)

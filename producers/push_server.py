@@ -33,8 +33,8 @@ from producers.spool import Spool, SpoolRecord
 from schemas.codec import encode
 from schemas.quarantine import QuarantineRecord, Reason, Stage, quarantine
 from tapstream.errors import SpoolError
-from tapstream.metrics import aiohttp_handler, collect_with, new_registry
 from tapstream.heap import freeze_startup_heap
+from tapstream.metrics import aiohttp_handler, collect_with, new_registry
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg
@@ -183,13 +183,13 @@ class PostgresSink:
         """Rebuild the touched days, and the old days of rows that moved to another employee."""
         assert self._timesheets is not None
         punches, zones = day_punches(days, self._timesheets) if touched else ({}, {})
-        moved_from = touched_days(previous, self._timesheets) - touched
-        if moved_from:
-            ask_punches(cur, moved_from, self._timesheets)
+        vacated = touched_days(previous, self._timesheets) - touched
+        if vacated:
+            ask_punches(cur, vacated, self._timesheets)
             more, more_zones = day_punches(cur, self._timesheets)
             punches.update(more)
             zones.update(more_zones)
-        write_sheets(cur, self._timesheets, touched | moved_from, punches, zones)
+        write_sheets(cur, self._timesheets, touched | vacated, punches, zones)
 
     def close(self) -> None:
         """Close the pool and its connections; safe to call twice."""
