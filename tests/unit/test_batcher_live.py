@@ -15,6 +15,7 @@ from schemas.punch import EnrichedPunch, RawPunch
 from sinks.base import WriteResult
 from streams.batcher import Batcher
 from streams.delivery import Backoff, SinkRunner
+from streams.sender import DeliveryError
 from streams.stats import WorkerStats
 from tapstream.errors import PermanentSinkError
 from tests.factories import enriched
@@ -78,12 +79,15 @@ class Kafka:
     """Sends land in ``sent`` only when their delivery future resolves (``delay_s`` later); the
     first ``refuse`` sends fail (Kafka did not take them)."""
 
-    def __init__(self, delay_s: float = 0.01, refuse: int = 0) -> None:
+    def __init__(self, delay_s: float = 0.01, refuse: int = 0, raise_first: int = 0) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
         self.pending = 0
-        self.delay_s, self.refuse = delay_s, refuse
+        self.delay_s, self.refuse, self.raise_first = delay_s, refuse, raise_first
 
     async def send(self, topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
+        if self.raise_first > 0:  # refused at once, as librdkafka does with a full or closed producer
+            self.raise_first -= 1
+            raise DeliveryError(f"cannot send to {topic}: local queue full")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self.pending += 1
@@ -283,5 +287,15 @@ def test_a_send_kafka_refused_is_sent_again_and_the_batch_acked_only_then() -> N
     kafka = Kafka(delay_s=0.001, refuse=2)
     batcher, runner, _sink, stream = slow_batcher(batch_max=10, batch_within_s=0, kafka=kafka)
     flush_batches(batcher, runner, [punches])
+    assert sorted(decode(LivePunch, v).event_id for _, _, v in kafka.sent) == sorted(p.event_id for p in punches)
+    assert stream.acked == [0, 1, 2] and set(stream.pending_at_ack) == {0}
+
+
+def test_a_send_refused_at_once_is_sent_again_without_writing_the_batch_twice() -> None:
+    punches = [enriched(n, user_code="1").punch for n in range(3)]
+    kafka = Kafka(delay_s=0.001, raise_first=1)
+    batcher, runner, sink, stream = slow_batcher(batch_max=10, batch_within_s=0, kafka=kafka)
+    flush_batches(batcher, runner, [punches])
+    assert sink.sizes == [3]  # the sinks wrote the batch once
     assert sorted(decode(LivePunch, v).event_id for _, _, v in kafka.sent) == sorted(p.event_id for p in punches)
     assert stream.acked == [0, 1, 2] and set(stream.pending_at_ack) == {0}
