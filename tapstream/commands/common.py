@@ -8,7 +8,6 @@ from typing import Any
 
 import typer
 
-from tapstream.errors import TapstreamError
 from tapstream.settings import Settings
 
 
