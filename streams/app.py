@@ -7,14 +7,15 @@ Wiring, and why it is this way (see shared/reference/stack-notes.md §2):
   acked only after every sink holds the batch, so a crash, a stop or a sink outage never
   commits an offset whose punch is not stored; a task flushes as soon as the previous flush
   is done (group commit), so a live punch waits for no timer and batches grow with the load;
+  the flush waits only for the first sink (the system of record), the others trail it;
 * ``dedup``: a tumbling windowed table of recently seen event ids, relative to wall-clock
   time, so memory stays bounded (old windows expire) — an optimisation only: the sinks are
   idempotent and remain the authority;
 * ``employees``: a GlobalTable (every worker holds the whole map) fed by an agent on the
   compacted ``employees`` topic; punches wait until that feed has caught up with the topic
   as it stood at start (streams.catchup), so a fresh worker does not park known employees;
-* the live feed: every stored punch is also sent to ``attendance.live`` (schemas.live) before
-  its batch is acked, for the monitor's /events;
+* the live feed: every punch the first sink stored is also sent to ``attendance.live``
+  (schemas.live) before its batch is acked, for the monitor's /events;
 * ``streams.faust_tuning``: two Faust defaults (a 1.5 s fetch wait, a 100-record producer
   buffer) that held the stream for a second at a time;
 * ``rematch``: a timer re-sending parked punches to the raw topic once their code is mapped
@@ -43,6 +44,10 @@ from tapstream.heap import freeze_startup_heap
 from tapstream.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# How long a stop waits for the batches in flight to land everywhere: longer than a healthy
+# sink needs, short enough that a stop during an outage does not hang (they stay unacked).
+STOP_SETTLE_S = 10.0
 
 
 def build_app(
@@ -103,7 +108,8 @@ def build_app(
         unmatched_topic=settings.topics.unmatched, dlq_topic=settings.topics.dlq,
         batch_max=worker.batch_max, batch_within_s=worker.batch_within_s,
         dedup_window_s=window, stats=stats, ready=employees_loaded, rules=settings.validation,
-        live_topic=settings.topics.live,
+        live_topic=settings.topics.live, batches_in_flight=worker.batches_in_flight,
+        trailing_every_s=worker.trailing_every_s,
     )
 
     @app.agent(employees_topic, concurrency=1)
@@ -133,8 +139,8 @@ def build_app(
     async def flush_when_idle() -> None:
         try:
             await batcher.run()
-        finally:  # a stop: the batch in confirmation is acked before Faust's last commit
-            await batcher.settle()
+        finally:  # a stop: batches in flight are acked before Faust's last commit, if they land soon
+            await batcher.settle(STOP_SETTLE_S)
 
     if parked is not None:
         _wire_rematch(app, settings, Rematcher(

@@ -64,6 +64,24 @@ def stored(rows: Sequence[EnrichedPunch], outcomes: Sequence[DeliveryOutcome]) -
     return [row for row in rows if row.punch.event_id not in rejected]
 
 
+def share_out(outcome: DeliveryOutcome, parts: Sequence[Sequence[EnrichedPunch]]) -> list[DeliveryOutcome]:
+    """One write's outcome, shared out among the batches whose rows it wrote together: each gets
+    its own rejected rows and the rest as written; the attempts and time go to the first only,
+    so that counters summed over the batches count the write once."""
+    rejected = {row.punch.event_id: (row, error) for row, error in outcome.rejected}
+    inserted_left = outcome.inserted
+    shares = []
+    for n, rows in enumerate(parts):
+        mine = [rejected[row.punch.event_id] for row in rows if row.punch.event_id in rejected]
+        written = len(rows) - len(mine)
+        inserted = min(written, inserted_left)
+        inserted_left -= inserted
+        first = n == 0
+        shares.append(DeliveryOutcome(written, inserted, outcome.attempts if first else 0,
+                                      outcome.seconds if first else 0.0, mine))
+    return shares
+
+
 class SinkRunner:
     """One sink plus the single thread its blocking driver runs in."""
 

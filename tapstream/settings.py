@@ -175,6 +175,14 @@ class WorkerSettings(BaseModel):
         0.005, description="an idle worker waits this long for more events before it flushes, seconds "
         "(under load a batch is what arrived during the previous flush, up to batch_max)"
     )
+    batches_in_flight: int = Field(
+        32, ge=1, description="flushed batches not yet acked at most: the sinks after the first (the "
+        "system of record, whose rows go live at once) and Kafka's confirmation may trail it by this many"
+    )
+    trailing_every_s: float = Field(
+        0.25, ge=0, description="the sinks after the first write at most this often, seconds: what was "
+        "flushed meanwhile goes in one write (streams/trailing.py)"
+    )
     dedup_window_s: int = Field(6 * 3600, description="stream-side dedup memory, seconds")
     store: str = Field("rocksdb://", description="Faust table store (memory:// or rocksdb://)")
     web_port: int = Field(6066, description="Faust's web port (health, tables)")
