@@ -206,8 +206,8 @@ class Batcher:
         try:
             lead = await self.sinks[0].deliver(plan.to_write)
         except BaseException:  # a stop: the trailing writes are abandoned with the batch
-            for task in trailing:
-                task.cancel()
+            for future in trailing:
+                future.cancel()
             raise
         marks.append(time.monotonic())
         recorded = stored(plan.to_write, [lead])
