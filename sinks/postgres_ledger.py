@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from schemas.codec import decode
 from schemas.punch import RawPunch
@@ -70,10 +69,8 @@ ORDER BY device_serial, punch_time
 LIMIT %(limit)s
 """
 _MARK = "UPDATE unmatched_punches SET rematched_at = now() WHERE event_id = ANY(%(ids)s)"
-_RESOLVE = """
-UPDATE unmatched_punches u SET resolved_at = now()
-FROM {stage} s WHERE u.event_id = s.event_id AND u.resolved_at IS NULL
-"""
+# The event ids of a batch being recorded, as one array (%b: dumped binary, as uuid[]).
+RESOLVE = "UPDATE unmatched_punches SET resolved_at = now() WHERE event_id = ANY(%b) AND resolved_at IS NULL"
 
 
 def parked_row(message: ParkedMessage) -> dict[str, Any] | None:
@@ -100,11 +97,6 @@ def write_parked(cur: psycopg.Cursor[Any], messages: Sequence[ParkedMessage]) ->
     if rows:
         cur.executemany(_UPSERT, rows)
     return len(rows)
-
-
-def resolve_sql(stage: str) -> sql.Composed:
-    """Mark the parked punches in staging table ``stage`` resolved (they are being recorded)."""
-    return sql.SQL(_RESOLVE).format(stage=sql.Identifier(stage))
 
 
 def open_codes(cur: psycopg.Cursor[Any]) -> list[str]:

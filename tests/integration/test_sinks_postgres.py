@@ -15,7 +15,9 @@ from infra.migrate import migrate_postgres
 from infra.postgres_server import PostgresServer
 from schemas.punch import EnrichedPunch
 from tests.factories import deliver, enriched
+from schemas.codec import encode
 from sinks.base import WriteResult
+from sinks.postgres_ledger import ParkedMessage, write_parked
 from sinks.postgres import PostgresSink, open_pool
 from tapstream.errors import PermanentSinkError, TransientSinkError
 from tapstream.settings import TimesheetSettings
@@ -41,9 +43,15 @@ def pool(pg_schema: PgSchema) -> Iterator[ConnectionPool]:
     pool.close()
 
 
+@pytest.fixture(params=[1, 10**6], ids=["copy-stage", "arrays"])
+def copy_from(request: pytest.FixtureRequest) -> int:
+    """Every test runs both ways rows reach the upsert: COPYed through the stage, and unnest-ed arrays."""
+    return int(request.param)
+
+
 @pytest.fixture
-def sink(pool: ConnectionPool) -> PostgresSink:
-    return PostgresSink(pool)
+def sink(pool: ConnectionPool, copy_from: int) -> PostgresSink:
+    return PostgresSink(pool, copy_from_rows=copy_from)
 
 
 def count(pool: ConnectionPool) -> int:
@@ -121,6 +129,16 @@ def test_a_rejected_row_fails_the_batch_whole_and_is_isolated_by_the_worker_deli
     assert count(pool) == 5
 
 
+def test_recording_a_parked_punch_resolves_it_and_only_it(sink: PostgresSink, pool: ConnectionPool) -> None:
+    parked, other = punch(0, user_code="77"), punch(1, user_code="78")
+    with pool.connection() as conn, conn.cursor() as cur:
+        write_parked(cur, [ParkedMessage(0, n, encode(row.punch), "unknown_user") for n, row in enumerate((parked, other))])
+    sink.write_batch([parked, punch(2)])
+    with pool.connection() as conn:
+        open_rows = conn.execute("SELECT event_id FROM unmatched_punches WHERE resolved_at IS NULL").fetchall()
+    assert open_rows == [(other.punch.event_id,)]
+
+
 def test_a_killed_connection_is_replaced_before_the_next_batch(
     sink: PostgresSink, pool: ConnectionPool, pg_schema: PgSchema
 ) -> None:
@@ -140,14 +158,14 @@ def test_an_unreachable_server_is_transient_when_opening() -> None:
 
 
 def test_a_server_outage_is_transient_then_recovers_without_duplicates(
-    private_postgres: Callable[[], PostgresServer],
+    private_postgres: Callable[[], PostgresServer], copy_from: int
 ) -> None:
     server = private_postgres()
     with psycopg.connect(server.dsn) as conn:
         migrate_postgres(conn)
     pool = open_pool(server.dsn, max_size=2, connect_timeout_s=2, acquire_timeout_s=2.0)
     try:
-        sink = PostgresSink(pool)
+        sink = PostgresSink(pool, copy_from_rows=copy_from)
         assert sink.write_batch(punches(0, 100)).inserted == 100
         server.stop()
         with pytest.raises(TransientSinkError):
@@ -169,8 +187,8 @@ def timesheets(pool: ConnectionPool) -> dict[tuple[str, str], tuple[object, ...]
     return {(r[0], r[1]): tuple(r[2:]) for r in rows}
 
 
-def test_timesheets_follow_overnight_shifts_and_late_punches(pool: ConnectionPool) -> None:
-    sink = PostgresSink(pool, TimesheetSettings(day_start=time(8, 0)))  # a night shift ends before 08:00
+def test_timesheets_follow_overnight_shifts_and_late_punches(pool: ConnectionPool, copy_from: int) -> None:
+    sink = PostgresSink(pool, TimesheetSettings(day_start=time(8, 0)), copy_from_rows=copy_from)  # a night shift ends before 08:00
     berlin = "Europe/Berlin"
     night_in = enriched(0, employee_id="E-N", device_time=datetime(2026, 3, 1, 22, 0), device_tz=berlin)
     morning_out = enriched(1, employee_id="E-N", device_time=datetime(2026, 3, 2, 6, 0), device_tz=berlin)
@@ -188,8 +206,8 @@ def test_timesheets_follow_overnight_shifts_and_late_punches(pool: ConnectionPoo
     assert timesheets(pool)[("E-N", "2026-03-01")] == night
 
 
-def test_a_corrected_mapping_moves_the_punch_and_its_timesheet_day(pool: ConnectionPool) -> None:
-    sink = PostgresSink(pool, TimesheetSettings())
+def test_a_corrected_mapping_moves_the_punch_and_its_timesheet_day(pool: ConnectionPool, copy_from: int) -> None:
+    sink = PostgresSink(pool, TimesheetSettings(), copy_from_rows=copy_from)
     wrong = enriched(0, employee_id="E-WRONG", device_time=datetime(2026, 3, 3, 9, 0))
     assert sink.write_batch([wrong]) == WriteResult(offered=1, inserted=1)
     resent = enriched(0, employee_id="E-WRONG", device_time=datetime(2026, 3, 3, 9, 0),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,8 +133,12 @@ class FakeCursor:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def execute(self, query: object) -> FakeCursor:
-        self.pool.statements.append(str(query))
+    def execute(self, query: object, params: Sequence[object] = ()) -> FakeCursor:
+        statement = str(query)
+        if "INSERT INTO" in statement and "unnest" in statement and self.pool.write_fails is not None:
+            raise self.pool.write_fails  # the rows' values go with the statement
+        self.pool.statements.append(statement)
+        self.pool.params.append(params)
         self.rowcount = self.pool.rowcount
         return self
 
@@ -144,7 +148,7 @@ class FakeCursor:
 
     @contextmanager
     def copy(self, statement: object) -> Iterator[FakeCopy]:
-        self.pool.copy = FakeCopy(self.pool.copy_fails)
+        self.pool.copy = FakeCopy(self.pool.write_fails)
         yield self.pool.copy
 
 
@@ -167,13 +171,14 @@ class FakeConnection:
 class FakePool:
     """Stands in for psycopg_pool.ConnectionPool; fails as told."""
 
-    def __init__(self, *, lend_fails: BaseException | None = None, copy_fails: BaseException | None = None) -> None:
+    def __init__(self, *, lend_fails: BaseException | None = None, write_fails: BaseException | None = None) -> None:
         self.lend_fails = lend_fails
-        self.copy_fails = copy_fails
+        self.write_fails = write_fails  # raised where the rows' values are sent (COPY or arrays)
         self.lent = 0
         self.closed = 0
         self.rowcount = 0
         self.statements: list[str] = []
+        self.params: list[Sequence[object]] = []
         self.copy: FakeCopy | None = None
 
     @contextmanager
@@ -193,20 +198,38 @@ def test_postgres_empty_batch_does_not_touch_the_pool() -> None:
     assert pool.lent == 0
 
 
-def test_postgres_batch_is_staged_then_moved_in_one_connection() -> None:
+def test_postgres_small_batch_goes_as_one_array_per_column() -> None:
     pool = FakePool()
     pool.rowcount = 2
-    assert PostgresSink(pool).write_batch([punch(0), punch(1)]) == WriteResult(offered=2, inserted=2)
+    rows = [punch(0), punch(1)]
+    assert PostgresSink(pool).write_batch(rows) == WriteResult(offered=2, inserted=2)
+    assert pool.lent == 1 and pool.copy is None
+    upsert = next(n for n, statement in enumerate(pool.statements) if "unnest" in statement)
+    assert [list(column) for column in pool.params[upsert]] == pivot([postgres_row(row) for row in rows])
+    _moved_and_resolved(pool.statements, pool.params, rows)
+
+
+def test_postgres_large_batch_is_copied_through_the_stage() -> None:
+    pool = FakePool()
+    pool.rowcount = 2
+    rows = [punch(0), punch(1)]
+    assert PostgresSink(pool, copy_from_rows=2).write_batch(rows) == WriteResult(offered=2, inserted=2)
     assert pool.lent == 1
-    assert pool.copy is not None and len(pool.copy.rows) == 2
+    assert pool.copy is not None and pool.copy.rows == [postgres_row(row) for row in rows]
     assert "ON COMMIT DROP" in pool.statements[0]
+    assert "attendance_stage" in pool.statements[-2]  # the upsert reads the stage
+    _moved_and_resolved(pool.statements, pool.params, rows)
+
+
+def _moved_and_resolved(statements: list[str], params: list[Sequence[object]], rows: list[EnrichedPunch]) -> None:
+    move, resolve = statements[-2:]
     # a repeat changes nothing unless a derived column was corrected (employee, zone, UTC time)
-    move, resolve = pool.statements[-2:]
     assert "ON CONFLICT (event_id) DO UPDATE" in move
     assert "IS DISTINCT FROM" in move
     # and parked punches now recorded (re-matched) are resolved in the same transaction
-    assert "UPDATE unmatched_punches" in resolve and "attendance_stage" in resolve
-    assert not any("public." in statement for statement in pool.statements)
+    assert "UPDATE unmatched_punches" in resolve
+    assert params[-1] == ([row.punch.event_id for row in rows],)
+    assert not any("public." in statement for statement in statements)
 
 
 @pytest.mark.parametrize(
@@ -243,9 +266,10 @@ def test_postgres_unavailability_is_transient(error: psycopg.Error) -> None:
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else value,
 )
-def test_postgres_rejected_data_is_permanent(error: BaseException, reason: str) -> None:
+@pytest.mark.parametrize("copy_from", [1, 1000], ids=["copy-stage", "arrays"])
+def test_postgres_rejected_data_is_permanent(error: BaseException, reason: str, copy_from: int) -> None:
     with pytest.raises(PermanentSinkError) as raised:
-        PostgresSink(FakePool(copy_fails=error)).write_batch([punch()])
+        PostgresSink(FakePool(write_fails=error), copy_from_rows=copy_from).write_batch([punch()])
     assert raised.value.reason == reason
     assert raised.value.__cause__ is error
 
