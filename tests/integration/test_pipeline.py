@@ -15,7 +15,6 @@ from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 import psycopg
-import pytest
 
 from infra.employees import publish_employees
 from infra.harness import group_lag, wait_drained, wait_http, wait_worker, worker_stats

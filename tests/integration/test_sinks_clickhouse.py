@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pytest
