@@ -66,23 +66,29 @@ _COPY = sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)").format(
 # changed: a corrected employee mapping or device timezone, re-applied by a replay. Those
 # columns are updated; the first-seen lineage (received_at, raw, offsets) is kept.
 CORRECTABLE = ("employee_id", "device_tz", "punch_time")
-_UPSERT = sql.SQL(
-    "INSERT INTO {table} AS r ({cols}) {source} ON CONFLICT (event_id) DO UPDATE SET {sets}"
-    " WHERE ({old}) IS DISTINCT FROM ({new}) RETURNING (xmax = 0)"
-)
-_UPSERT_PARTS = {
-    "table": sql.Identifier(TABLE), "cols": _COLUMNS,
-    "sets": sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
-    "old": sql.SQL(", ").join(sql.SQL("r.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
-    "new": sql.SQL(", ").join(sql.SQL("EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in CORRECTABLE),
-}
-_MOVE = _UPSERT.format(source=sql.SQL("SELECT {cols} FROM {stage}").format(cols=_COLUMNS, stage=sql.Identifier(STAGE)),
-                       **_UPSERT_PARTS)
+
+
+def _correctable(template: str) -> sql.Composed:
+    """``template`` (naming the column ``{c}``) for each CORRECTABLE column, comma-separated."""
+    return sql.SQL(", ").join(sql.SQL(template).format(c=sql.Identifier(c)) for c in CORRECTABLE)
+
+
+def _upsert_from(source: sql.Composable) -> sql.Composed:
+    """The upsert of the rows ``source`` (a SELECT of POSTGRES_COLUMNS) yields; answers one
+    ``new`` flag per inserted or corrected row."""
+    return sql.SQL(
+        "INSERT INTO {table} AS r ({cols}) {source} ON CONFLICT (event_id) DO UPDATE SET {sets}"
+        " WHERE ({old}) IS DISTINCT FROM ({new}) RETURNING (xmax = 0)"
+    ).format(table=sql.Identifier(TABLE), cols=_COLUMNS, source=source, sets=_correctable("{c} = EXCLUDED.{c}"),
+             old=_correctable("r.{c}"), new=_correctable("EXCLUDED.{c}"))
+
+
+_MOVE = _upsert_from(sql.SQL("SELECT {cols} FROM {stage}").format(cols=_COLUMNS, stage=sql.Identifier(STAGE)))
 # One array per column, dumped binary (%b) with the type psycopg gives the Python values (uuid,
 # text, timestamp, timestamptz, int2/4/8); the INSERT's assignment casts fit them to the columns,
 # so the migration stays the one place column types are written.
-_INSERT = _UPSERT.format(source=sql.SQL("SELECT * FROM unnest({arrays})").format(
-    arrays=sql.SQL(", ").join(sql.SQL("%b") for _ in POSTGRES_COLUMNS)), **_UPSERT_PARTS)
+_INSERT = _upsert_from(sql.SQL("SELECT * FROM unnest({arrays})").format(
+    arrays=sql.SQL(", ").join(sql.SQL("%b") for _ in POSTGRES_COLUMNS)))
 # Rows about to move to another employee: that employee's old days need recomputing too.
 _REASSIGNED = sql.SQL(
     "SELECT r.employee_id, r.device_time FROM {table} r JOIN unnest(%b, %b) AS s(event_id, employee_id)"
@@ -174,19 +180,20 @@ class PostgresSink:
         employee (read before), the parked punches now resolved, and (read after) the punches
         of every day the batch touched; then rebuild those days. Returns the rows inserted."""
         ids = [row.punch.event_id for row in batch]
+        rules = self._timesheets
         touched: set[Key] = set()
+        if rules is not None:
+            touched = touched_days(((r.employee_id, r.punch.device_time) for r in batch), rules)
         with conn.cursor() as cur, conn.cursor() as reassigned, conn.cursor() as moved, conn.cursor() as days:
             with conn.pipeline():
-                if self._timesheets is not None:
+                if rules is not None:
                     reassigned.execute(_REASSIGNED, (ids, [row.employee_id for row in batch]))
                 moved.execute(upsert, params)
                 cur.execute(RESOLVE, (ids,))  # parked punches now recorded (a re-match) leave the open list
-                if self._timesheets is not None:
-                    touched = touched_days(((r.employee_id, r.punch.device_time) for r in batch), self._timesheets)
-                    if touched:
-                        ask_punches(days, touched, self._timesheets)
+                if rules is not None and touched:
+                    ask_punches(days, touched, rules)
             changed = [bool(new) for (new,) in moved.fetchall()]
-            if self._timesheets is not None:
+            if rules is not None:
                 # same transaction: records and their days land together
                 self._recompute(cur, days, touched, reassigned.fetchall())
         if any(not new for new in changed):

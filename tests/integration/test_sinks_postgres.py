@@ -13,14 +13,14 @@ from psycopg_pool import ConnectionPool
 
 from infra.migrate import migrate_postgres
 from infra.postgres_server import PostgresServer
-from schemas.punch import EnrichedPunch
-from tests.factories import deliver, enriched
 from schemas.codec import encode
+from schemas.punch import EnrichedPunch
 from sinks.base import WriteResult
-from sinks.postgres_ledger import ParkedMessage, write_parked
 from sinks.postgres import PostgresSink, open_pool
+from sinks.postgres_ledger import ParkedMessage, write_parked
 from tapstream.errors import PermanentSinkError, TransientSinkError
 from tapstream.settings import TimesheetSettings
+from tests.factories import deliver, enriched
 
 if TYPE_CHECKING:
     from conftest import PgSchema
