@@ -21,6 +21,7 @@ import psycopg
 
 from schemas.codec import decode
 from schemas.quarantine import QuarantineRecord, Reason, Stage
+from sinks.rows import pivot
 from tapstream.errors import ContractError
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,7 @@ def write_quarantine(cur: psycopg.Cursor[Any], messages: Sequence[DlqMessage]) -
     if not messages:
         return 0
     rows = [quarantine_row(m) for m in messages]
-    columns = [list(column) for column in zip(*(_values(r) for r in rows), strict=True)]
-    cur.execute(_INSERT, columns)
+    cur.execute(_INSERT, pivot([_values(r) for r in rows]))
     inserted = max(cur.rowcount, 0)
     logger.info("quarantine: wrote batch rows=%d new=%d", len(rows), inserted)
     return inserted
