@@ -84,11 +84,23 @@ def render_server_properties(settings: KafkaSettings, storage_dir: Path) -> str:
     return template("kafka-server.properties").substitute(
         version=settings.version,
         heap_mb=settings.heap_mb,
+        cleaner_buffer=cleaner_buffer_bytes(settings.heap_mb),
         port=settings.port,
         controller_port=settings.controller_port,
         storage_dir=storage_dir,
         extra=extra,
     )
+
+
+def cleaner_buffer_bytes(heap_mb: int) -> int:
+    """The log cleaner's dedupe buffer: an eighth of the heap.
+
+    Kafka's default, 128 MiB, is allocated in one piece when the cleaner starts; in a small
+    heap (256 MiB for the test brokers) that piece sometimes cannot be found and the JVM
+    exits on OutOfMemoryError. An eighth still holds over a million keys per cleaning pass,
+    far more than the compacted topics here (employees, device status, consumer offsets) carry.
+    """
+    return heap_mb * 1024 * 1024 // 8
 
 
 def render_log_config(version: str, log_dir: Path) -> tuple[str, str, str]:
@@ -186,6 +198,7 @@ class KafkaBroker:
         self.pid_file = data_dir / "broker.pid"
         self.version_file = data_dir / "kafka.version"
         self.stdout_file = log_dir / "stdout.log"
+        self._stdout_start = 0  # where this start's JVM output begins in the appended file
 
     @property
     def bootstrap(self) -> str:
@@ -290,6 +303,7 @@ class KafkaBroker:
                "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                f"-Dkafka.logs.dir={self.log_dir}", log_flag, "-cp", f"{lib}/*",
                "kafka.Kafka", str(self.properties_file)]
+        self._stdout_start = self.stdout_file.stat().st_size if self.stdout_file.exists() else 0
         pid = proc.spawn_detached(cmd, self.stdout_file, cwd=self.data_dir)
         self.pid_file.write_text(f"{pid}\n")
         logger.info("started Kafka %s (pid %d) on %s", self.version, pid, self.bootstrap)
@@ -298,7 +312,8 @@ class KafkaBroker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.is_running():
-                raise StackError(f"Kafka exited during start-up; last log lines:\n{self._log_tail()}")
+                raise StackError(f"Kafka exited during start-up{self._exit_hint()}; "
+                                 f"last log lines:\n{self._log_tail()}")
             if proc.port_open(self.settings.port) and answers_metadata(self.bootstrap, 1.0):
                 return
             time.sleep(0.2)
@@ -308,4 +323,16 @@ class KafkaBroker:
         )
 
     def _log_tail(self) -> str:
-        return proc.tail(self.log_dir / "server.log") or proc.tail(self.stdout_file) or "(no log)"
+        # A JVM that dies abruptly (out of memory, a crash) says why on stdout, not in server.log.
+        server = proc.tail(self.log_dir / "server.log", lines=10)
+        jvm = proc.tail(self.stdout_file, lines=5, start=self._stdout_start)
+        parts = [server] if server else []
+        if jvm:
+            parts.append(f"JVM output ({self.stdout_file}):\n{jvm}")
+        return "\n".join(parts) or "(no log)"
+
+    def _exit_hint(self) -> str:
+        jvm = proc.tail(self.stdout_file, lines=5, start=self._stdout_start)
+        if "OutOfMemoryError" in jvm:
+            return f": out of memory with a {self.settings.heap_mb} MiB heap, raise TAPSTREAM_KAFKA__HEAP_MB"
+        return ""

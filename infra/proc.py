@@ -116,12 +116,13 @@ def wait_until(check: Callable[[], bool], timeout_s: float, interval_s: float = 
         time.sleep(interval_s)
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    """The last ``lines`` lines of a text file, for error messages ("" if unreadable)."""
+def tail(path: Path, lines: int = 15, start: int = 0) -> str:
+    """The last ``lines`` lines of a text file from byte ``start`` on, for error messages
+    ("" if unreadable)."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
+            f.seek(max(start, f.tell() - 64 * 1024))
             text = f.read().decode(errors="replace")
     except OSError:
         return ""

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.kafka import new_cluster_id, render_log_config, render_pom, render_server_properties
+from infra import kafka
+from infra.kafka import KafkaBroker, new_cluster_id, render_log_config, render_pom, render_server_properties
 from infra.stack import ServiceStatus, StackStatus, embedded_owner, mask_dsn
+from tapstream.errors import StackError
 from tapstream.settings import SUPPORTED_KAFKA_VERSIONS, KafkaSettings
 
 
@@ -32,6 +34,37 @@ def test_server_properties_single_node_kraft(version: str) -> None:
     assert props["offsets.topic.replication.factor"] == "1"
     assert props["transaction.state.log.min.isr"] == "1"
     assert ("share.coordinator.state.topic.replication.factor" in props) == version.startswith("4.")
+
+
+@pytest.mark.parametrize(("heap_mb", "buffer_mib"), [(256, 32), (512, 64), (2048, 256)])
+def test_log_cleaner_buffer_is_an_eighth_of_the_heap(heap_mb: int, buffer_mib: int) -> None:
+    # Kafka's 128 MiB default, allocated in one piece, made a 256 MiB test broker die of OOM.
+    settings = KafkaSettings(heap_mb=heap_mb)
+    props = properties(render_server_properties(settings, Path("/storage")))
+    assert int(props["log.cleaner.dedupe.buffer.size"]) == buffer_mib * 1024 * 1024
+
+
+def test_a_broker_that_dies_of_oom_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "server.log").write_text("INFO Starting the log cleaner\n")
+    (logs / "stdout.log").write_text("WARN a line from an earlier run\n")
+
+    def die(argv: list[str], log_file: Path, cwd: Path) -> int:
+        with log_file.open("a") as f:
+            f.write("Terminating due to java.lang.OutOfMemoryError: Java heap space\n")
+        return 2**22 + 1  # above pid_max's default: no such process
+
+    monkeypatch.setattr(kafka.proc, "spawn_detached", die)
+    broker = KafkaBroker(KafkaSettings(heap_mb=256), tmp_path / "data", logs)
+    broker.data_dir.mkdir()
+    broker._launch("java", tmp_path / "lib", "-Dlog")
+    with pytest.raises(StackError) as raised:
+        broker._wait_ready(5)
+    message = str(raised.value)
+    assert "out of memory with a 256 MiB heap, raise TAPSTREAM_KAFKA__HEAP_MB" in message
+    assert "Starting the log cleaner" in message and "Java heap space" in message
+    assert "earlier run" not in message  # only this start's JVM output
 
 
 def test_logging_backend_matches_the_major_version() -> None:
