@@ -312,27 +312,20 @@ class KafkaBroker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.is_running():
-                raise StackError(f"Kafka exited during start-up{self._exit_hint()}; "
-                                 f"last log lines:\n{self._log_tail()}")
+                raise self._startup_error("Kafka exited during start-up")
             if proc.port_open(self.settings.port) and answers_metadata(self.bootstrap, 1.0):
                 return
             time.sleep(0.2)
-        raise StackError(
-            f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f} s; "
-            f"last log lines:\n{self._log_tail()}"
-        )
+        raise self._startup_error(f"Kafka did not answer on {self.bootstrap} within {timeout_s:.0f} s")
 
-    def _log_tail(self) -> str:
-        # A JVM that dies abruptly (out of memory, a crash) says why on stdout, not in server.log.
+    def _startup_error(self, what: str) -> StackError:
+        """``what`` went wrong, with the last lines of server.log and of this start's JVM output:
+        a JVM that dies abruptly (out of memory, a crash) says why there, not in server.log."""
         server = proc.tail(self.log_dir / "server.log", lines=10)
         jvm = proc.tail(self.stdout_file, lines=5, start=self._stdout_start)
+        if "OutOfMemoryError" in jvm:
+            what += f": out of memory with a {self.settings.heap_mb} MiB heap, raise TAPSTREAM_KAFKA__HEAP_MB"
         parts = [server] if server else []
         if jvm:
             parts.append(f"JVM output ({self.stdout_file}):\n{jvm}")
-        return "\n".join(parts) or "(no log)"
-
-    def _exit_hint(self) -> str:
-        jvm = proc.tail(self.stdout_file, lines=5, start=self._stdout_start)
-        if "OutOfMemoryError" in jvm:
-            return f": out of memory with a {self.settings.heap_mb} MiB heap, raise TAPSTREAM_KAFKA__HEAP_MB"
-        return ""
+        return StackError(f"{what}; last log lines:\n" + ("\n".join(parts) or "(no log)"))
